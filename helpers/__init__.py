@@ -1,0 +1,20 @@
+"""helpers: the shared package of the Real-Time ML Serving course.
+
+Import the module you need; nothing heavy happens on import::
+
+    from helpers import data, metrics, models
+    from helpers.device import pick_device
+
+Modules (one concept each):
+
+- ``settings``  the run profile (``COURSE_PROFILE=quick``) and where data lives
+- ``device``    pick cuda / mps / cpu; timers that synchronise the device
+- ``data``      deterministic synthetic wafer records, Parquet in chunks
+- ``metrics``   latency recorder, percentiles, SLO checks, summary tables
+- ``memory``    peak memory of a block of code
+- ``models``    the wafer classifiers and the model repository
+- ``plots``     the course's standard charts (the only module importing matplotlib)
+"""
+
+__all__ = ["settings", "device", "data", "metrics", "memory", "models", "plots"]
+__version__ = "0.1.0"

@@ -1,0 +1,135 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import data, models
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    models.train_wafer_models(root, n_rows=8000)
+    return root
+
+
+def test_repository_layout_and_config(repo):
+    assert models.list_models(repo) == ["wafer-forest", "wafer-mlp"]
+    for name, weights in [("wafer-forest", "model.joblib"), ("wafer-mlp", "model.pt")]:
+        folder = repo / name / "1"
+        config = json.loads((folder / "config.json").read_text())
+        assert (folder / weights).is_file() and config["weights_file"] == weights
+        assert config["inputs"][0] == {"name": "process_features", "datatype": "FP32",
+                                       "shape": [-1, len(data.FEATURES)]}
+        assert config["outputs"][0]["name"] == "defect_probability"
+        assert config["feature_names"] == data.FEATURES
+        assert 0.5 < config["training"]["val_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("name", ["wafer-forest", "wafer-mlp"])
+def test_loaded_models_predict_probabilities_better_than_chance(repo, name):
+    model = models.load_model(name, repository=repo, device="cpu")
+    df = data.make_wafer_records(4000, seed=7)
+    p = model.predict_proba(data.feature_matrix(df))
+    assert p.shape == (4000,) and p.dtype == np.float32 and ((p >= 0) & (p <= 1)).all()
+    # Ranks defective wafers above good ones far better than a coin flip.
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(df[data.LABEL], p) > 0.65
+    assert model.predict_proba(np.empty((0, 8), np.float32)).shape == (0,)
+    with pytest.raises(ValueError, match=r"\(batch, 8\)"):
+        model.predict_proba(np.zeros((3, 5), np.float32))
+
+
+def test_latest_version_is_default_and_missing_version_names_the_choices(repo):
+    assert models.load_model("wafer-mlp", repository=repo, device="cpu").config.version == 1
+    with pytest.raises(models.ModelNotFoundError, match=r"no version 7.*\[1\]"):
+        models.load_model("wafer-mlp", 7, repository=repo)
+    with pytest.raises(models.ModelNotFoundError, match="'wafer-cnn'.*wafer-forest"):
+        models.load_model("wafer-cnn", repository=repo)
+    with pytest.raises(models.ModelNotFoundError, match="whole number"):
+        models.load_model("wafer-mlp", "latest-ish", repository=repo)
+
+
+def test_versions_are_immutable(repo):
+    mlp = models.load_model("wafer-mlp", repository=repo, device="cpu")
+    with pytest.raises(FileExistsError):
+        models.save_torch_model(models.WaferMLP(), "wafer-mlp", 1, repo)
+    assert mlp.config.version == 1
+
+
+def test_a_swapped_weights_file_is_never_unpickled(repo, tmp_path):
+    # Copy the repo, then replace the forest's file with a pickle that would run code.
+    import shutil
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (copy / "wafer-forest" / "1" / "model.joblib").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(models.ModelFormatError, match="SHA-256"):
+        models.load_model("wafer-forest", repository=copy)
+    assert not marker.exists()
+
+
+def test_weights_outside_the_repository_are_refused(repo, tmp_path):
+    import shutil
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    config_path = copy / "wafer-mlp" / "1" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["weights_file"] = "../../../../outside.pt"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(models.ModelFormatError, match="outside the repository"):
+        models.load_model("wafer-mlp", repository=copy)
+
+
+def test_a_model_file_of_the_wrong_kind_gets_a_clear_error(repo, tmp_path):
+    # A valid sklearn pickle saved under a config that says torch weights.
+    import shutil
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    folder = copy / "wafer-mlp" / "1"
+    forest_bytes = (copy / "wafer-forest" / "1" / "model.joblib").read_bytes()
+    (folder / "model.pt").write_bytes(forest_bytes)
+    config = json.loads((folder / "config.json").read_text())
+    config["weights_sha256"] = models._sha256(folder / "model.pt")  # integrity ok, kind wrong
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(models.ModelFormatError, match="not a WaferMLP state dict"):
+        models.load_model("wafer-mlp", repository=copy, device="cpu")
+
+
+def test_a_broken_config_gets_a_clear_error(repo, tmp_path):
+    import shutil
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    (copy / "wafer-mlp" / "1" / "config.json").write_text('{"name": "wafer-mlp"}')
+    with pytest.raises(models.ModelFormatError, match="not a valid model config"):
+        models.load_model("wafer-mlp", repository=copy)
+
+
+def test_training_skips_existing_versions(repo):
+    before = (repo / "wafer-mlp" / "1" / "config.json").read_text()
+    models.train_wafer_models(repo, n_rows=1000)
+    assert (repo / "wafer-mlp" / "1" / "config.json").read_text() == before
+
+
+def test_mlp_standardises_inside_the_model():
+    mlp = models.WaferMLP(n_features=2, hidden=4)
+    mlp.mean.copy_(torch.tensor([350.0, 2.0]))
+    mlp.std.copy_(torch.tensor([4.0, 0.15]))
+    with torch.inference_mode():
+        out = mlp(torch.tensor([[350.0, 2.0], [354.0, 2.15]]))
+    assert out.shape == (2,)
+
+
+@pytest.mark.cuda
+def test_mlp_runs_on_cuda(repo):
+    model = models.load_model("wafer-mlp", repository=repo, device="cuda")
+    x = data.feature_matrix(data.make_wafer_records(256))
+    cpu = models.load_model("wafer-mlp", repository=repo, device="cpu").predict_proba(x)
+    np.testing.assert_allclose(model.predict_proba(x), cpu, atol=1e-5)

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import data as wafer_data
 from .device import pick_device
-from .settings import by_profile, data_dir
+from .settings import data_dir
 
 __all__ = [
     "ModelNotFoundError",
@@ -389,7 +389,8 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
     Existing versions are kept unless ``force``. Returns the version folders.
     """
     root = _repo(repository)
-    n_rows = n_rows or by_profile(full=60_000, quick=30_000)
+    # Same size in every profile: CI and students grade against the same models.
+    n_rows = n_rows or 60_000
     records = wafer_data.make_wafer_records(n_rows, seed=seed)
     x, y = wafer_data.feature_matrix(records), records[wafer_data.LABEL].to_numpy()
     split = int(0.8 * len(x))

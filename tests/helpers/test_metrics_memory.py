@@ -105,4 +105,21 @@ def test_peak_memory_sees_a_large_numpy_allocation():
     with measure_peak_memory() as big:
         np.ones(4_000_000, dtype=np.float64).sum()  # 32 MB
     assert big.traced_peak_bytes >= 32_000_000 > small.traced_peak_bytes
-    assert big.traced_peak_mb == big.traced_peak_bytes / 2**20
+    assert big.peak_mb == big.peak_bytes / 2**20
+
+
+def test_peak_memory_counts_arrow_and_survives_buffers_outliving_the_block(tmp_path):
+    import pyarrow as pa
+
+    with measure_peak_memory() as peak:
+        # the cast allocates 16 MB in Arrow (pa.array alone would wrap the NumPy buffer)
+        kept = pa.array(np.arange(2_000_000, dtype=np.int32)).cast(pa.int64())
+    assert peak.arrow_peak_bytes >= 16_000_000
+    assert peak.peak_bytes == peak.traced_peak_bytes + peak.arrow_peak_bytes
+    for _ in range(3):  # the pools are gone as defaults, the buffer still works
+        with measure_peak_memory():
+            pass
+    del peak
+    assert kept[-1].as_py() == 1_999_999
+    del kept  # freeing after its pool stopped being the default must not crash
+    assert "arrow" in str(measure_peak_memory().peak)

@@ -1,0 +1,65 @@
+# Real-Time ML Serving — the course's commands. `make help` lists them.
+#
+# Everything runs inside .venv, created from requirements.txt on first use, so
+# `make lab` and `make test` work on a fresh clone with only Python 3.10+ installed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+LESSONS := $(sort $(notdir $(wildcard assessments/source/*)))
+PORT ?= 8888
+# The course kernel is "python3" from .venv: put .venv first so Jupyter and
+# nbgrader start their kernels with the course interpreter.
+export PATH := $(BIN):$(PATH)
+export MPLBACKEND ?= Agg
+
+.PHONY: help setup data lab test lint test-helpers test-course notebooks autograde feedback grades clean
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version' \
+		|| { echo "Set PYTHON=/path/to/python3.11, e.g. make setup PYTHON=python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+setup: $(STAMP) data  ## create .venv, install the pinned environment, make the data
+
+data: $(STAMP)  ## train the course models into data/models (skips what exists)
+	$(BIN)/python -m helpers.models train
+
+lab: setup  ## start JupyterLab on the course (PORT=8888 by default)
+	$(BIN)/jupyter lab --port=$(PORT) --ServerApp.root_dir=$(CURDIR) notebooks
+
+lint: $(STAMP)  ## ruff over the package and the tests
+	$(BIN)/ruff check helpers tests assessments/nbgrader_config.py assessments/course_preprocessors.py
+
+test: setup lint  ## every check: unit tests, lessons under nbval, the nbgrader pipeline
+	COURSE_PROFILE=quick $(BIN)/python -m pytest tests solutions \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
+
+notebooks: $(STAMP)  ## regenerate notebooks/ and solutions/ from assessments/source
+	$(BIN)/python assessments/course_pipeline.py generate $(LESSONS)
+
+autograde: $(STAMP)  ## grade everything under assessments/submitted/<student>/<lesson>/
+	cd assessments && for lesson in $(LESSONS); do \
+		$(BIN)/nbgrader autograde "$$lesson" --create --force || exit 1; done
+
+feedback: $(STAMP)  ## HTML feedback for autograded submissions into assessments/feedback/
+	cd assessments && for lesson in $(LESSONS); do \
+		$(BIN)/nbgrader generate_feedback "$$lesson" --force || exit 1; done
+
+grades: $(STAMP)  ## export every grade to assessments/grades.csv
+	cd assessments && $(BIN)/nbgrader export --to grades.csv
+
+clean:  ## remove generated data, grading state and lesson scratch files (keeps .venv)
+	rm -rf data/models assessments/gradebook.db assessments/submitted assessments/autograded \
+		assessments/feedback assessments/grades.csv
+	find . -name scratch -type d -prune -not -path './.venv/*' -exec rm -rf {} +

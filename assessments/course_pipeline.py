@@ -1,0 +1,114 @@
+"""The course's nbgrader pipeline, shared by the Makefile and the tests.
+
+    python assessments/course_pipeline.py generate [LESSON ...]
+
+regenerates ``notebooks/`` (the student release) and ``solutions/`` from
+``assessments/source/``. The tests in ``tests/course/`` use the same functions on
+a temporary copy of the course to prove that the committed notebooks are fresh
+and that grading discriminates (the source scores full marks, the release zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+COURSE_ROOT = Path(__file__).resolve().parent.parent
+# What a course copy needs: the config, our preprocessors and the sources.
+COURSE_FILES = ["nbgrader_config.py", "course_preprocessors.py", "source"]
+
+
+def lessons(course: Path = COURSE_ROOT) -> list[str]:
+    return sorted(p.name for p in (course / "assessments" / "source").iterdir() if p.is_dir())
+
+
+def nbgrader(course: Path, *args: str, timeout: float = 1800) -> str:
+    """Run an nbgrader command in ``course``/assessments; raise with its output if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args], cwd=course / "assessments",
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout + proc.stderr
+
+
+def generate(course: Path = COURSE_ROOT, names: list[str] | None = None) -> None:
+    """Write notebooks/<lesson>/ and solutions/<lesson>/ from assessments/source/<lesson>/."""
+    for name in names or lessons(course):
+        nbgrader(course, "generate_assignment", name, "--force")
+        nbgrader(course, "generate_solution", name, "--force")
+
+
+def copy_course(dst: Path, src: Path = COURSE_ROOT) -> Path:
+    """A fresh course root at ``dst`` with the sources only (no release, no gradebook)."""
+    (dst / "assessments").mkdir(parents=True)
+    for name in COURSE_FILES:
+        source = src / "assessments" / name
+        target = dst / "assessments" / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(
+                "scratch", ".ipynb_checkpoints", "__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    return dst
+
+
+def notebook_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class CellGrade:
+    lesson: str
+    student: str
+    grade_id: str
+    auto_score: float | None
+    max_score: float
+    needs_manual_grade: bool
+    is_test: bool  # an autograded test cell (code, graded, not a solution)
+
+
+def submit(course: Path, student: str, lesson: str, notebook: Path) -> None:
+    folder = course / "assessments" / "submitted" / student / lesson
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(notebook, folder / f"{lesson}.ipynb")
+
+
+def autograde(course: Path, lesson: str) -> str:
+    return nbgrader(course, "autograde", lesson, "--create", "--force")
+
+
+def read_grades(course: Path, lesson: str, student: str) -> list[CellGrade]:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'assessments' / 'gradebook.db'}") as gb:
+        submission = gb.find_submission_notebook(lesson, lesson, student)
+        return [
+            CellGrade(lesson, student, grade.name, grade.auto_score, grade.max_score,
+                      bool(grade.needs_manual_grade),
+                      grade.cell.cell_type == "code" and grade.cell.max_score > 0
+                      and grade.name.endswith("-tests"))
+            for grade in submission.grades
+        ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="regenerate notebooks/ and solutions/")
+    gen.add_argument("lessons", nargs="*", help="default: every lesson in assessments/source")
+    args = parser.parse_args(argv)
+    generate(COURSE_ROOT, args.lessons or None)
+    for name in args.lessons or lessons():
+        print(f"generated notebooks/{name}/ and solutions/{name}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,8 +52,10 @@ def test_there_are_lessons():
 
 @pytest.mark.parametrize("kind", ["notebooks", "solutions"])
 def test_committed_notebooks_match_a_fresh_generation(fresh_course, kind):
-    committed = sorted(p.relative_to(ROOT / kind) for p in (ROOT / kind).rglob("*.ipynb"))
-    fresh = sorted(p.relative_to(fresh_course / kind) for p in (fresh_course / kind).rglob("*.ipynb"))
+    def listing(root):
+        return sorted(p.relative_to(root / kind) for p in (root / kind).rglob("*.ipynb"))
+
+    committed, fresh = listing(ROOT), listing(fresh_course)
     assert committed == fresh, f"{kind}/ holds other notebooks than a fresh `make notebooks`"
     for rel in fresh:
         assert pipeline.notebook_json(ROOT / kind / rel) == \
@@ -107,7 +109,7 @@ def grades(tmp_path_factory, fresh_course) -> dict[tuple[str, str], list]:
         return seconds
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        timings = dict(zip(courses, pool.map(grade_all, courses)))
+        timings = dict(zip(courses, pool.map(grade_all, courses), strict=True))
     for student, seconds in timings.items():
         for lesson, s in seconds.items():
             print(f"autograde {student:18s} {lesson}: {s:.1f} s")

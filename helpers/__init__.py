@@ -14,7 +14,8 @@ Modules (one concept each):
 - ``memory``    peak memory of a block of code
 - ``models``    the wafer classifiers and the model repository
 - ``plots``     the course's standard charts (the only module importing matplotlib)
+- ``batching``  ``BatchPolicy`` (when to cut a batch) and the asyncio ``DynamicBatcher``
 """
 
-__all__ = ["settings", "device", "data", "metrics", "memory", "models", "plots"]
+__all__ = ["settings", "device", "data", "metrics", "memory", "models", "plots", "batching"]
 __version__ = "0.1.0"

@@ -1,0 +1,330 @@
+"""Dynamic batching: group concurrent requests into one model call.
+
+Two layers, as in TGI's router and Triton's dynamic batcher:
+
+- ``BatchPolicy`` is the *decision*: given how many requests wait and how long the
+  oldest has waited, how many to send now (0 means keep waiting). It is pure — no
+  event loop, no clock, no model — so every rule is testable in one line.
+- ``DynamicBatcher`` is the *plumbing*: an asyncio front door with a bounded
+  queue, deadlines and a worker pool that runs the model off the event loop, so
+  the loop keeps accepting requests while a batch computes.
+
+Batching only helps while the model is busy: requests that arrive during a
+computation queue up and leave together as the next batch. The batcher therefore
+asks the policy only when a worker is free (Triton does the same: "when a model
+instance becomes available").
+
+Every request gets an answer: its result; ``QueueFullError`` at once when the
+queue is full (a server turns it into 503 + Retry-After); ``DeadlineExceededError``
+when its deadline passed before its batch ran (504; it is never computed);
+``BatcherClosedError`` after ``close()`` began (503); or the exception the model
+raised for *its* batch (500) — other batches are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics import LatencyRecorder
+
+__all__ = [
+    "BatchPolicy",
+    "BatcherStats",
+    "DynamicBatcher",
+    "QueueFullError",
+    "DeadlineExceededError",
+    "BatcherClosedError",
+]
+
+
+class QueueFullError(RuntimeError):
+    """The batcher's queue is full: shed load now rather than queue without bound."""
+
+    def __init__(self, max_queue: int, retry_after_s: float) -> None:
+        super().__init__(f"queue full ({max_queue} requests waiting); retry after "
+                         f"{retry_after_s:.2f} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(TimeoutError):
+    """The request's deadline passed before its batch ran; it was not computed."""
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher is shutting down and takes no new requests."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When to cut a batch: ``decide(queued, oldest_wait_s) -> how many to send now``.
+
+    The rules, in order (Triton's dynamic batcher):
+
+    1. a full batch (``max_batch_size``) is waiting: send it;
+    2. a preferred size can be formed: send the largest one that can;
+    3. the oldest request has waited ``max_wait_s``: send everything waiting;
+    4. otherwise wait (0).
+    """
+
+    # Past the size where the model's throughput stops growing, a bigger batch only
+    # adds latency; 32 suits the course's CPU models, tune it per model.
+    max_batch_size: int = 32
+    # How long the oldest request may wait for company. A few ms is a small share of
+    # a 50 ms SLO and lets a burst fill a batch; 0 never waits.
+    max_wait_s: float = 0.005
+    # Sizes the model runs best at (e.g. powers of two on a GPU); sent without waiting.
+    preferred_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) \
+                or self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
+        if not (self.max_wait_s >= 0 and self.max_wait_s < float("inf")):
+            raise ValueError(f"max_wait_s must be a finite number >= 0, got {self.max_wait_s!r}")
+        bad = [s for s in self.preferred_sizes if not 1 <= s <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred_sizes {bad} are outside 1..max_batch_size "
+                             f"({self.max_batch_size})")
+        object.__setattr__(self, "preferred_sizes", tuple(sorted(set(self.preferred_sizes))))
+
+    def decide(self, queued: int, oldest_wait_s: float) -> int:
+        """How many of the ``queued`` requests to send now (0: keep waiting)."""
+        if queued <= 0:
+            return 0
+        if queued >= self.max_batch_size:
+            return self.max_batch_size
+        formable = [s for s in self.preferred_sizes if s <= queued]
+        if formable:
+            return formable[-1]
+        if oldest_wait_s >= self.max_wait_s:
+            return queued
+        return 0
+
+    def wait_budget_s(self, oldest_wait_s: float) -> float:
+        """How much longer the oldest request may wait before rule 3 fires."""
+        return max(0.0, self.max_wait_s - oldest_wait_s)
+
+
+@dataclass
+class BatcherStats:
+    """What a batcher did: the numbers a dashboard (or a lesson) reads."""
+
+    batch_sizes: Counter = field(default_factory=Counter)  # size -> number of batches
+    queue_time: LatencyRecorder = field(default_factory=LatencyRecorder)
+    compute_time: LatencyRecorder = field(default_factory=LatencyRecorder)
+    completed: int = 0
+    rejected: int = 0   # queue full
+    expired: int = 0    # deadline passed before the batch ran
+    cancelled: int = 0  # caller gave up before the batch ran (never computed)
+    failed: int = 0     # requests in batches whose model call raised
+
+    @property
+    def batches(self) -> int:
+        return sum(self.batch_sizes.values())
+
+    @property
+    def mean_batch_size(self) -> float:
+        return sum(s * n for s, n in self.batch_sizes.items()) / max(1, self.batches)
+
+
+@dataclass
+class _Pending:
+    item: Any
+    future: asyncio.Future
+    enqueued: float
+    deadline: float | None
+    started: bool = False  # its batch is computing: too late to withdraw it
+
+
+class DynamicBatcher:
+    """Batches concurrent ``submit(item)`` calls into ``predict_batch(items)`` calls.
+
+    ``predict_batch`` takes a list of items and returns one result per item, in
+    order. It runs in a worker thread (``workers`` of them), never on the event
+    loop. Use it as ``async with DynamicBatcher(fn, policy) as batcher: ...``.
+    """
+
+    def __init__(
+        self,
+        predict_batch: Callable[[list[Any]], Sequence[Any]],
+        policy: BatchPolicy | None = None,
+        *,
+        max_queue: int = 1024,
+        workers: int = 1,
+        default_timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_queue < 1 or workers < 1:
+            raise ValueError(f"max_queue and workers must be >= 1, got {max_queue}, {workers}")
+        self.predict_batch = predict_batch
+        self.policy = policy or BatchPolicy()
+        self.max_queue = max_queue
+        self.default_timeout_s = default_timeout_s
+        self.stats = BatcherStats()
+        self._clock = clock
+        self._workers = workers
+        self._queue: deque[_Pending] = deque()
+        self._executor: ThreadPoolExecutor | None = None
+        self._scheduler: asyncio.Task | None = None
+        self._arrived: asyncio.Event | None = None
+        self._free_workers: asyncio.Semaphore | None = None
+        self._in_flight: set[asyncio.Task] = set()
+        self._closing = False
+
+    # -- lifetime --------------------------------------------------------------------
+    async def start(self) -> DynamicBatcher:
+        if self._scheduler is not None:
+            raise RuntimeError("batcher already started")
+        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="batch-worker")
+        self._arrived = asyncio.Event()
+        self._free_workers = asyncio.Semaphore(self._workers)
+        self._scheduler = asyncio.create_task(self._schedule(), name="batch-scheduler")
+        return self
+
+    async def close(self) -> None:
+        """Stop taking requests, finish every admitted one, then stop the workers."""
+        if self._scheduler is None or self._closing:
+            return
+        self._closing = True
+        self._arrived.set()  # wake the scheduler: it drains without waiting for company
+        await self._scheduler
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> DynamicBatcher:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    # -- the front door --------------------------------------------------------------
+    async def submit(self, item: Any, timeout_s: float | None = None) -> Any:
+        """Queue ``item`` and wait for its result (see the module docstring for errors)."""
+        if self._scheduler is None:
+            raise RuntimeError("start the batcher first (async with DynamicBatcher(...))")
+        if self._closing:
+            raise BatcherClosedError("the batcher is shutting down")
+        if len(self._queue) >= self.max_queue:
+            self.stats.rejected += 1
+            raise QueueFullError(self.max_queue, self._retry_after_s())
+        timeout_s = self.default_timeout_s if timeout_s is None else timeout_s
+        now = self._clock()
+        pending = _Pending(item, asyncio.get_running_loop().create_future(), now,
+                           None if timeout_s is None else now + timeout_s)
+        self._queue.append(pending)
+        self._arrived.set()
+        try:
+            # shield: our timer or our caller's cancellation must not cancel the
+            # shared future from under a batch that is already computing it.
+            return await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
+        except TimeoutError:
+            if pending.started:  # computing now: the answer is moments away
+                return await pending.future
+            pending.future.cancel()  # the scheduler drops it, it is never computed
+            self.stats.expired += 1
+            raise DeadlineExceededError(
+                f"deadline of {timeout_s:.3f} s passed in the queue; not computed") from None
+        except asyncio.CancelledError:
+            if not pending.started:
+                pending.future.cancel()
+                self.stats.cancelled += 1
+            raise
+
+    def _retry_after_s(self) -> float:
+        """A hint for clients: about the time to work through one full queue."""
+        per_batch = self.stats.compute_time.mean_s if self.stats.compute_time.count else 0.01
+        batches = self.max_queue / max(1.0, self.stats.mean_batch_size) / self._workers
+        return max(0.1, per_batch * batches)
+
+    # -- the scheduler ---------------------------------------------------------------
+    async def _schedule(self) -> None:
+        while True:
+            await self._free_workers.acquire()  # only cut a batch a worker can run now
+            batch = await self._next_batch()
+            if batch is None:  # closing and nothing left
+                self._free_workers.release()
+                return
+            task = asyncio.create_task(self._run(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _next_batch(self) -> list[_Pending] | None:
+        while True:
+            self._queue = deque(self._keep_live(self._queue))
+            if not self._queue:
+                if self._closing:
+                    return None
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            oldest_wait = self._clock() - self._queue[0].enqueued
+            take = self.policy.decide(len(self._queue), oldest_wait)
+            if self._closing:  # draining: nobody else is coming
+                take = min(len(self._queue), self.policy.max_batch_size)
+            if take:
+                return [self._queue.popleft() for _ in range(take)]
+            self._arrived.clear()
+            try:  # wait for company, at most until the oldest request's wait runs out
+                await asyncio.wait_for(self._arrived.wait(),
+                                       self.policy.wait_budget_s(oldest_wait))
+            except TimeoutError:
+                pass
+
+    def _keep_live(self, pendings) -> list[_Pending]:
+        """Drop requests whose caller left; fail those whose deadline just passed."""
+        now = self._clock()
+        live = []
+        for p in pendings:
+            if p.future.done():  # cancelled by its caller or by its own timer
+                continue
+            if p.deadline is not None and now >= p.deadline:
+                self.stats.expired += 1
+                p.future.set_exception(DeadlineExceededError(
+                    f"deadline passed after {now - p.enqueued:.3f} s in the queue; not computed"))
+            else:
+                live.append(p)
+        return live
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            # Last look before computing: a caller may have left, a deadline may have passed.
+            batch = self._keep_live(batch)
+            if not batch:
+                return
+            start = self._clock()
+            for p in batch:
+                p.started = True
+                self.stats.queue_time.record(start - p.enqueued)
+            loop = asyncio.get_running_loop()
+            items = [p.item for p in batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self.predict_batch, items)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"predict_batch returned {len(results)} results for "
+                                       f"{len(batch)} items")
+            except Exception as exc:  # the model failed: fail this batch only
+                self.stats.failed += len(batch)
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                return
+            finally:
+                self.stats.compute_time.record(max(0.0, self._clock() - start))
+                self.stats.batch_sizes[len(batch)] += 1
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():  # the caller may have cancelled meanwhile
+                    p.future.set_result(result)
+                    self.stats.completed += 1
+        finally:
+            self._free_workers.release()

@@ -1,0 +1,246 @@
+import asyncio
+import threading
+import time
+
+import pytest
+
+from helpers.batching import (
+    BatcherClosedError,
+    BatchPolicy,
+    DeadlineExceededError,
+    DynamicBatcher,
+    QueueFullError,
+)
+
+
+# -- BatchPolicy: pure decisions, no loop, no clock ---------------------------------------
+def test_policy_waits_for_company_then_sends_what_is_there():
+    policy = BatchPolicy(max_batch_size=8, max_wait_s=0.010)
+    assert policy.decide(queued=0, oldest_wait_s=1.0) == 0  # an empty queue sends nothing
+    assert policy.decide(queued=3, oldest_wait_s=0.004) == 0  # young: wait
+    assert policy.decide(queued=3, oldest_wait_s=0.010) == 3  # waited max_wait: send all
+    assert policy.wait_budget_s(0.004) == pytest.approx(0.006)
+    assert policy.wait_budget_s(0.5) == 0.0
+
+
+def test_policy_sends_a_full_batch_at_once_and_never_more():
+    policy = BatchPolicy(max_batch_size=8, max_wait_s=10)
+    assert policy.decide(queued=8, oldest_wait_s=0) == 8
+    assert policy.decide(queued=50, oldest_wait_s=0) == 8
+    assert policy.decide(queued=50, oldest_wait_s=100) == 8
+
+
+def test_policy_prefers_the_largest_formable_preferred_size():
+    policy = BatchPolicy(max_batch_size=16, max_wait_s=1, preferred_sizes=(8, 4))
+    assert policy.preferred_sizes == (4, 8)
+    assert policy.decide(queued=3, oldest_wait_s=0) == 0
+    assert policy.decide(queued=5, oldest_wait_s=0) == 4
+    assert policy.decide(queued=9, oldest_wait_s=0) == 8
+    assert policy.decide(queued=3, oldest_wait_s=1) == 3
+
+
+def test_zero_wait_never_waits():
+    assert BatchPolicy(max_batch_size=4, max_wait_s=0).decide(queued=1, oldest_wait_s=0) == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_batch_size": 0}, "max_batch_size"),
+    ({"max_batch_size": 2.5}, "max_batch_size"),
+    ({"max_wait_s": -1}, "max_wait_s"),
+    ({"max_wait_s": float("nan")}, "max_wait_s"),
+    ({"max_batch_size": 4, "preferred_sizes": (2, 8)}, r"\[8\]"),
+])
+def test_policy_rejects_bad_settings_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BatchPolicy(**kwargs)
+
+
+# -- DynamicBatcher ------------------------------------------------------------------------
+class GatedModel:
+    """Doubles its inputs; each call blocks until the test opens the gate."""
+
+    def __init__(self, fail_on=None):
+        self.calls: list[list] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, items):
+        self.calls.append(list(items))
+        self.entered.set()
+        assert self.gate.wait(10), "test never opened the gate"
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"cannot score {self.fail_on}")
+        return [2 * x for x in items]
+
+
+async def _until(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.001)
+
+
+def test_requests_queued_during_a_computation_leave_together():
+    async def scenario():
+        model = GatedModel()
+        policy = BatchPolicy(max_batch_size=4, max_wait_s=0)
+        async with DynamicBatcher(model, policy) as batcher:
+            first = asyncio.create_task(batcher.submit(0))
+            await _until(model.entered.is_set)            # batch [0] is computing
+            rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 10)]
+            await _until(lambda: batcher.queue_depth == 9)  # the loop kept accepting
+            model.gate.set()
+            results = await asyncio.gather(first, *rest)
+        return model, batcher, results
+
+    model, batcher, results = asyncio.run(scenario())
+    assert results == [2 * i for i in range(10)]          # each caller got its own answer
+    assert model.calls == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert batcher.stats.batch_sizes == {1: 2, 4: 2}
+    assert batcher.stats.completed == 10 and batcher.stats.queue_time.count == 10
+
+
+def test_max_wait_lets_a_burst_fill_one_batch():
+    async def scenario():
+        calls = []
+
+        def model(items):
+            calls.append(len(items))
+            return items
+
+        async with DynamicBatcher(model, BatchPolicy(max_batch_size=64, max_wait_s=0.2)) as b:
+            await asyncio.gather(*(b.submit(i) for i in range(20)))
+        return calls
+
+    assert asyncio.run(scenario()) == [20]
+
+
+def test_a_full_queue_rejects_at_once_with_a_retry_hint():
+    async def scenario():
+        model = GatedModel()
+        async with DynamicBatcher(model, BatchPolicy(max_batch_size=1, max_wait_s=0),
+                                  max_queue=2) as batcher:
+            running = asyncio.create_task(batcher.submit(1))
+            await _until(model.entered.is_set)
+            queued = [asyncio.create_task(batcher.submit(i)) for i in (2, 3)]
+            await _until(lambda: batcher.queue_depth == 2)
+            with pytest.raises(QueueFullError, match="queue full") as info:
+                await batcher.submit(4)
+            model.gate.set()
+            done = await asyncio.gather(running, *queued)
+        return info.value, batcher, done
+
+    error, batcher, done = asyncio.run(scenario())
+    assert error.retry_after_s > 0
+    assert done == [2, 4, 6] and batcher.stats.rejected == 1
+
+
+def test_a_request_past_its_deadline_is_failed_and_never_computed():
+    async def scenario():
+        model = GatedModel()
+        async with DynamicBatcher(model, BatchPolicy(max_batch_size=8, max_wait_s=0)) as b:
+            busy = asyncio.create_task(b.submit(1))
+            await _until(model.entered.is_set)            # the only worker is busy
+            with pytest.raises(DeadlineExceededError, match="not computed"):
+                await b.submit(2, timeout_s=0.05)          # answered on time, not when free
+            model.gate.set()
+            await busy
+            assert await b.submit(3) == 6
+        return model, b
+
+    model, batcher = asyncio.run(scenario())
+    assert [2] not in model.calls and all(2 not in call for call in model.calls)
+    assert batcher.stats.expired == 1
+
+
+def test_a_failing_batch_fails_only_its_own_requests():
+    async def scenario():
+        model = GatedModel(fail_on=13)
+        model.gate.set()
+        async with DynamicBatcher(model, BatchPolicy(max_batch_size=2, max_wait_s=0.05)) as b:
+            bad = await asyncio.gather(b.submit(13), b.submit(1), return_exceptions=True)
+            good = await asyncio.gather(b.submit(2), b.submit(3))
+        return bad, good, b
+
+    bad, good, batcher = asyncio.run(scenario())
+    assert all(isinstance(r, ValueError) and "13" in str(r) for r in bad)
+    assert good == [4, 6]
+    assert batcher.stats.failed == 2 and batcher.stats.completed == 2
+
+
+def test_a_wrong_number_of_results_is_an_error_for_that_batch():
+    async def scenario():
+        async with DynamicBatcher(lambda items: items[:-1], BatchPolicy(max_wait_s=0)) as b:
+            return await asyncio.gather(b.submit(1), return_exceptions=True)
+
+    (result,) = asyncio.run(scenario())
+    assert isinstance(result, RuntimeError) and "0 results for 1 items" in str(result)
+
+
+def test_a_cancelled_caller_does_not_poison_the_batch():
+    async def scenario():
+        model = GatedModel()
+        async with DynamicBatcher(model, BatchPolicy(max_batch_size=8, max_wait_s=0)) as b:
+            busy = asyncio.create_task(b.submit(0))
+            await _until(model.entered.is_set)
+            leaving = asyncio.create_task(b.submit(1))
+            staying = asyncio.create_task(b.submit(2))
+            await _until(lambda: b.queue_depth == 2)
+            leaving.cancel()
+            model.gate.set()
+            results = await asyncio.gather(busy, staying)
+        return model, b, results, leaving
+
+    model, batcher, results, leaving = asyncio.run(scenario())
+    assert leaving.cancelled() and results == [0, 4]
+    assert model.calls == [[0], [2]]                   # the cancelled item was never computed
+    assert batcher.stats.cancelled == 1
+
+
+def test_close_drains_every_admitted_request_then_refuses_new_ones():
+    async def scenario():
+        model = GatedModel()
+        batcher = await DynamicBatcher(model, BatchPolicy(max_batch_size=3, max_wait_s=60)).start()
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(7)]
+        await _until(lambda: model.entered.is_set() or batcher.queue_depth == 7)
+        closing = asyncio.create_task(batcher.close())
+        await asyncio.sleep(0.01)
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit(99)
+        model.gate.set()
+        await closing                                  # returns only when all are answered
+        return [t.result() for t in tasks]
+
+    assert asyncio.run(scenario()) == [2 * i for i in range(7)]
+
+
+def test_the_event_loop_keeps_running_while_a_batch_computes():
+    async def scenario():
+        ticks = 0
+
+        def slow_model(items):
+            time.sleep(0.2)                            # blocks its worker thread, not the loop
+            return items
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        tick_task = asyncio.create_task(ticker())
+        async with DynamicBatcher(slow_model, BatchPolicy(max_wait_s=0)) as b:
+            await b.submit(1)
+        tick_task.cancel()
+        return ticks
+
+    assert asyncio.run(scenario()) >= 10
+
+
+def test_submit_before_start_and_bad_settings():
+    batcher = DynamicBatcher(lambda items: items)
+    with pytest.raises(RuntimeError, match="start"):
+        asyncio.run(batcher.submit(1))
+    with pytest.raises(ValueError, match="max_queue"):
+        DynamicBatcher(lambda items: items, max_queue=0)

@@ -15,7 +15,8 @@ Modules (one concept each):
 - ``models``    the wafer classifiers and the model repository
 - ``plots``     the course's standard charts (the only module importing matplotlib)
 - ``batching``  ``BatchPolicy`` (when to cut a batch) and the asyncio ``DynamicBatcher``
+- ``cache``     TTL + LRU prediction cache with content-hashed keys and request coalescing
 """
 
-__all__ = ["settings", "device", "data", "metrics", "memory", "models", "plots", "batching"]
+__all__ = ["settings", "device", "data", "metrics", "memory", "models", "plots", "batching", "cache"]
 __version__ = "0.1.0"

@@ -12,6 +12,8 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 LESSONS := $(sort $(notdir $(wildcard assessments/source/*)))
 PORT ?= 8888
+# Jupyter refuses to run as root unless told; containers often run as root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # The course kernel is "python3" from .venv: put .venv first so Jupyter and
 # nbgrader start their kernels with the course interpreter.
 export PATH := $(BIN):$(PATH)
@@ -36,10 +38,11 @@ data: $(STAMP)  ## train the course models into data/models (skips what exists)
 	$(BIN)/python -m helpers.models train
 
 lab: setup  ## start JupyterLab on the course (PORT=8888 by default)
-	$(BIN)/jupyter lab --port=$(PORT) --ServerApp.root_dir=$(CURDIR) notebooks
+	$(BIN)/jupyter lab --port=$(PORT) $(ALLOW_ROOT) --ServerApp.root_dir=$(CURDIR) \
+		--ServerApp.default_url=/lab/tree/notebooks
 
 lint: $(STAMP)  ## ruff over the package and the tests
-	$(BIN)/ruff check helpers tests assessments/nbgrader_config.py assessments/course_preprocessors.py
+	$(BIN)/ruff check helpers tests nbgrader_config.py assessments/*.py
 
 test: setup lint  ## every check: unit tests, lessons under nbval, the nbgrader pipeline
 	COURSE_PROFILE=quick $(BIN)/python -m pytest tests solutions \

@@ -18,5 +18,7 @@ Modules (one concept each):
 - ``cache``     TTL + LRU prediction cache with content-hashed keys and request coalescing
 """
 
-__all__ = ["settings", "device", "data", "metrics", "memory", "models", "plots", "batching", "cache"]
+__all__ = [
+    "settings", "device", "data", "metrics", "memory", "models", "plots", "batching", "cache",
+]
 __version__ = "0.1.0"

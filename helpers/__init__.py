@@ -16,9 +16,16 @@ Modules (one concept each):
 - ``plots``     the course's standard charts (the only module importing matplotlib)
 - ``batching``  ``BatchPolicy`` (when to cut a batch) and the asyncio ``DynamicBatcher``
 - ``cache``     TTL + LRU prediction cache with content-hashed keys and request coalescing
+- ``protocol``  Open Inference Protocol (v2) bodies and tensor checks
+- ``routing``   weighted, sticky traffic splits between model versions (A/B)
+- ``registry``  the versions a server serves, their states and batchers
+- ``jobs``      async jobs: submit, poll, fetch, cancel
+- ``server``    ``create_app`` and ``python -m helpers.server``
+- ``serving``   run a server in a thread or a subprocess, and always stop it
 """
 
 __all__ = [
     "settings", "device", "data", "metrics", "memory", "models", "plots", "batching", "cache",
+    "protocol", "routing", "registry", "jobs", "server", "serving",
 ]
 __version__ = "0.1.0"

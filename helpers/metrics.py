@@ -242,3 +242,53 @@ def summary_table(recorders: Mapping[str, LatencyRecorder], slo: SLO | None = No
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "experiment"
     return table
+
+
+class ServingMetrics:
+    """The server's Prometheus metrics, in its own registry (several apps may share a process).
+
+    Names follow Triton's and TorchServe's: counts of requests by model, version
+    and status code; histograms of request, queue and compute durations and of
+    batch sizes. Values that live in other objects (queue depth, cache hits) are
+    read when Prometheus scrapes, through ``add_collector``.
+    """
+
+    # Latency buckets from 0.5 ms to 10 s: the inline SLO (50 ms) sits in the middle.
+    LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                       1.0, 2.5, 5.0, 10.0)
+    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = ["model", "version"]
+        self.requests = Counter("inference_requests", "Inference requests answered",
+                                [*labels, "code"], registry=self.registry)
+        self.failures = Counter("inference_request_failures", "Inference requests that failed",
+                                [*labels, "reason"], registry=self.registry)
+        self.request_duration = Histogram(
+            "inference_request_duration_seconds", "Time from request arrival to response",
+            labels, buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        self.queue_duration = Histogram(
+            "inference_queue_duration_seconds", "Time a request waited for its batch",
+            labels, buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        self.compute_duration = Histogram(
+            "inference_compute_duration_seconds", "Time the model took for one batch",
+            labels, buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("inference_batch_size", "Rows per model call", labels,
+                                    buckets=self.BATCH_BUCKETS, registry=self.registry)
+
+    def add_collector(self, collect) -> None:
+        """Register ``collect() -> iterable of metric families``, called at every scrape."""
+
+        class _Collector:
+            def collect(self):
+                yield from collect()
+
+        self.registry.register(_Collector())
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)

@@ -384,9 +384,9 @@ def train_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 8,
 
 def train_wafer_models(repository: str | Path | None = None, n_rows: int | None = None,
                        seed: int = 0, force: bool = False) -> dict[str, Path]:
-    """Train ``wafer-forest`` and ``wafer-mlp`` version 1 from the synthetic records.
+    """Train ``wafer-forest`` v1 and ``wafer-mlp`` v1 and v2 from the synthetic records.
 
-    Existing versions are kept unless ``force``. Returns the version folders.
+    Existing versions are kept unless ``force``. Returns ``{"name/version": folder}``.
     """
     root = _repo(repository)
     # Same size in every profile: CI and students grade against the same models.
@@ -397,18 +397,23 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
     x_train, y_train, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
     info = {"rows": n_rows, "seed": seed, "data": "helpers.data.make_wafer_records"}
 
+    # Two MLP versions for A/B experiments: v2 is wider and trained longer.
     trainers = {
-        "wafer-forest": lambda: _save_forest(root, x_train, y_train, x_val, y_val, seed, info),
-        "wafer-mlp": lambda: _save_mlp(root, x_train, y_train, x_val, y_val, seed, info),
+        ("wafer-forest", 1): lambda: _save_forest(root, x_train, y_train, x_val, y_val, seed, info),
+        ("wafer-mlp", 1): lambda: _save_mlp(root, 1, x_train, y_train, x_val, y_val, seed, info,
+                                            hidden=64, epochs=8),
+        ("wafer-mlp", 2): lambda: _save_mlp(root, 2, x_train, y_train, x_val, y_val, seed, info,
+                                            hidden=128, epochs=12),
     }
     written = {}
-    for name, train in trainers.items():
-        if 1 in list_versions(name, root):
+    for (name, version), train in trainers.items():
+        label = f"{name}/{version}"
+        if version in list_versions(name, root):
             if not force:
-                written[name] = root / name / "1"
+                written[label] = root / name / str(version)
                 continue
-            shutil.rmtree(root / name / "1")
-        written[name] = train()
+            shutil.rmtree(root / name / str(version))
+        written[label] = train()
     return written
 
 
@@ -420,12 +425,12 @@ def _save_forest(root, x_train, y_train, x_val, y_val, seed, info) -> Path:
         **info, **metrics, "train_seconds": round(time.perf_counter() - start, 2)})
 
 
-def _save_mlp(root, x_train, y_train, x_val, y_val, seed, info) -> Path:
+def _save_mlp(root, version, x_train, y_train, x_val, y_val, seed, info, hidden, epochs) -> Path:
     start = time.perf_counter()
-    mlp = train_mlp(x_train, y_train, seed)
+    mlp = train_mlp(x_train, y_train, seed, epochs=epochs, hidden=hidden)
     with torch.inference_mode():
         metrics = _evaluate(lambda v: torch.sigmoid(mlp(torch.from_numpy(v))).numpy(), x_val, y_val)
-    return save_torch_model(mlp, "wafer-mlp", 1, root, {
+    return save_torch_model(mlp, "wafer-mlp", version, root, {
         **info, **metrics, "train_seconds": round(time.perf_counter() - start, 2)})
 
 
@@ -439,14 +444,14 @@ def main(argv: list[str] | None = None) -> None:
                                      description="Train or list the course models.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train the models that are missing")
-    train.add_argument("--force", action="store_true", help="retrain and replace version 1")
+    train.add_argument("--force", action="store_true", help="retrain and replace the versions")
     train.add_argument("--repository", default=None, help="default: data/models")
     sub.add_parser("list", help="list models and versions")
     args = parser.parse_args(argv)
     if args.command == "train":
-        for name, folder in train_wafer_models(args.repository, force=args.force).items():
+        for label, folder in train_wafer_models(args.repository, force=args.force).items():
             config = json.loads((folder / CONFIG_FILE).read_text())
-            print(f"{name} v{config['version']}: {folder}  {config['training']}")
+            print(f"{label}: {folder}  {config['training']}")
     else:
         for name in list_models():
             print(name, list_versions(name))

@@ -43,8 +43,10 @@ def test_loaded_models_predict_probabilities_better_than_chance(repo, name):
 
 
 def test_latest_version_is_default_and_missing_version_names_the_choices(repo):
-    assert models.load_model("wafer-mlp", repository=repo, device="cpu").config.version == 1
-    with pytest.raises(models.ModelNotFoundError, match=r"no version 7.*\[1\]"):
+    assert models.list_versions("wafer-mlp", repo) == [1, 2]
+    assert models.load_model("wafer-mlp", repository=repo, device="cpu").config.version == 2
+    assert models.load_model("wafer-mlp", 1, repository=repo, device="cpu").config.version == 1
+    with pytest.raises(models.ModelNotFoundError, match=r"no version 7.*\[1, 2\]"):
         models.load_model("wafer-mlp", 7, repository=repo)
     with pytest.raises(models.ModelNotFoundError, match="'wafer-cnn'.*wafer-forest"):
         models.load_model("wafer-cnn", repository=repo)
@@ -53,10 +55,10 @@ def test_latest_version_is_default_and_missing_version_names_the_choices(repo):
 
 
 def test_versions_are_immutable(repo):
-    mlp = models.load_model("wafer-mlp", repository=repo, device="cpu")
+    before = (repo / "wafer-mlp" / "1" / "model.pt").read_bytes()
     with pytest.raises(FileExistsError):
         models.save_torch_model(models.WaferMLP(), "wafer-mlp", 1, repo)
-    assert mlp.config.version == 1
+    assert (repo / "wafer-mlp" / "1" / "model.pt").read_bytes() == before
 
 
 def test_a_swapped_weights_file_is_never_unpickled(repo, tmp_path):
@@ -85,7 +87,7 @@ def test_weights_outside_the_repository_are_refused(repo, tmp_path):
     config["weights_file"] = "../../../../outside.pt"
     config_path.write_text(json.dumps(config))
     with pytest.raises(models.ModelFormatError, match="outside the repository"):
-        models.load_model("wafer-mlp", repository=copy)
+        models.load_model("wafer-mlp", 1, repository=copy)
 
 
 def test_a_model_file_of_the_wrong_kind_gets_a_clear_error(repo, tmp_path):
@@ -100,7 +102,7 @@ def test_a_model_file_of_the_wrong_kind_gets_a_clear_error(repo, tmp_path):
     config["weights_sha256"] = models._sha256(folder / "model.pt")  # integrity ok, kind wrong
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(models.ModelFormatError, match="not a WaferMLP state dict"):
-        models.load_model("wafer-mlp", repository=copy, device="cpu")
+        models.load_model("wafer-mlp", 1, repository=copy, device="cpu")
 
 
 def test_a_broken_config_gets_a_clear_error(repo, tmp_path):
@@ -109,7 +111,15 @@ def test_a_broken_config_gets_a_clear_error(repo, tmp_path):
     shutil.copytree(repo, copy)
     (copy / "wafer-mlp" / "1" / "config.json").write_text('{"name": "wafer-mlp"}')
     with pytest.raises(models.ModelFormatError, match="not a valid model config"):
-        models.load_model("wafer-mlp", repository=copy)
+        models.load_model("wafer-mlp", 1, repository=copy)
+
+
+def test_the_two_mlp_versions_differ(repo):
+    x = data.feature_matrix(data.make_wafer_records(200, seed=9))
+    v1 = models.load_model("wafer-mlp", 1, repository=repo, device="cpu")
+    v2 = models.load_model("wafer-mlp", 2, repository=repo, device="cpu")
+    assert v1.config.architecture["hidden"] == 64 and v2.config.architecture["hidden"] == 128
+    assert not np.allclose(v1.predict_proba(x), v2.predict_proba(x))
 
 
 def test_training_skips_existing_versions(repo):

@@ -1,0 +1,196 @@
+"""The models a server is serving: which versions are loaded, their state, their batchers.
+
+A served version moves through LOADING -> READY -> UNLOADING -> gone; a version
+whose load failed is UNAVAILABLE with the reason. Loading reads the weights and
+runs a warm-up batch off the event loop, so the server keeps answering health
+checks while a model loads; readiness turns true only after the warm-up.
+
+Each version gets its own ``DynamicBatcher``. A request's rows travel as one
+item; the batch function stacks the items of a batch into one array, calls the
+model once, and hands each caller its own rows back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .batching import BatchPolicy, DynamicBatcher
+from .metrics import ServingMetrics
+from .models import ModelNotFoundError, list_models, list_versions, load_model
+
+__all__ = ["State", "ServedVersion", "ModelRegistry", "NotReadyError"]
+
+
+class State(str, Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class NotReadyError(RuntimeError):
+    """The model exists but cannot serve right now (loading, unloading, failed)."""
+
+
+@dataclass
+class Work:
+    """One request's rows, as the batcher carries them."""
+
+    rows: np.ndarray  # (n, F)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class ServedVersion:
+    name: str
+    version: str
+    state: State
+    model: Any = None  # anything with .config and .predict_proba((B, F)) -> (B,)
+    batcher: DynamicBatcher | None = None
+    reason: str = ""
+
+
+class ModelRegistry:
+    def __init__(self, repository: Path | None, policy: BatchPolicy, *, max_queue: int,
+                 workers: int, metrics: ServingMetrics, device: str | None = None) -> None:
+        self.repository = repository
+        self.policy = policy
+        self.max_queue = max_queue
+        self.workers = workers
+        self.metrics = metrics
+        self.device = device
+        self._versions: dict[str, dict[str, ServedVersion]] = {}
+
+    # -- reading ---------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(self._versions)
+
+    def versions(self, name: str) -> dict[str, ServedVersion]:
+        if name not in self._versions:
+            raise ModelNotFoundError(f"model {name!r} is not loaded; loaded: {self.names()}")
+        return self._versions[name]
+
+    def ready_versions(self, name: str) -> list[str]:
+        return sorted((v for v, s in self.versions(name).items() if s.state is State.READY),
+                      key=int)
+
+    def get(self, name: str, version: str | None = None) -> ServedVersion:
+        """The version to serve: ``version``, or the newest ready one."""
+        versions = self.versions(name)
+        if version is None:
+            ready = self.ready_versions(name)
+            if not ready:
+                raise NotReadyError(f"model {name!r} has no ready version yet")
+            version = ready[-1]
+        served = versions.get(str(version))
+        if served is None:
+            raise ModelNotFoundError(f"model {name!r} has no version {version}; loaded "
+                                     f"versions: {sorted(versions, key=int)}")
+        if served.state is not State.READY:
+            raise NotReadyError(f"{name} version {version} is {served.state.value}"
+                                f"{': ' + served.reason if served.reason else ''}")
+        return served
+
+    def is_ready(self) -> bool:
+        """Every loaded model has a ready version and nothing is mid-load."""
+        return bool(self._versions) and all(
+            any(s.state is State.READY for s in versions.values())
+            and not any(s.state is State.LOADING for s in versions.values())
+            for versions in self._versions.values())
+
+    def index(self) -> list[dict[str, str]]:
+        """The repository extension's index: every model and version, with its state."""
+        rows = []
+        names = set(self._versions)
+        if self.repository is not None:
+            names |= set(list_models(self.repository))
+        for name in sorted(names):
+            served = self._versions.get(name, {})
+            on_disk = [str(v) for v in list_versions(name, self.repository)] \
+                if self.repository is not None else []
+            for version in sorted(set(on_disk) | set(served), key=int):
+                s = served.get(version)
+                rows.append({"name": name, "version": version,
+                             "state": s.state.value if s else "UNAVAILABLE",
+                             "reason": s.reason if s else "not loaded"})
+        return rows
+
+    # -- changing --------------------------------------------------------------------
+    async def add(self, model: Any) -> ServedVersion:
+        """Serve an already-loaded model object (a test double, a student's model)."""
+        name, version = model.config.name, str(model.config.version)
+        batcher = await self._batcher(name, version, model).start()
+        served = ServedVersion(name, version, State.READY, model, batcher)
+        self._versions.setdefault(name, {})[version] = served
+        return served
+
+    async def load(self, name: str) -> list[ServedVersion]:
+        """Load every version of ``name`` in the repository (several at once for A/B)."""
+        if self.repository is None:
+            raise ModelNotFoundError("this server has no model repository to load from")
+        versions = [str(v) for v in list_versions(name, self.repository)]
+        if not versions:
+            raise ModelNotFoundError(f"no model named {name!r} in the repository; available: "
+                                     f"{list_models(self.repository)}")
+        table = self._versions.setdefault(name, {})
+        for version in versions:
+            if version in table and table[version].state is State.READY:
+                continue
+            table[version] = ServedVersion(name, version, State.LOADING)
+        await asyncio.gather(*(self._load_one(table[v]) for v in versions
+                               if table[v].state is State.LOADING))
+        return [table[v] for v in versions]
+
+    async def _load_one(self, served: ServedVersion) -> None:
+        try:
+            model = await asyncio.to_thread(load_model, served.name, served.version,
+                                            self.repository, self.device)
+            # Warm-up: the first call pays for lazy initialisation; no request should.
+            width = model.config.inputs[0].shape[-1]
+            await asyncio.to_thread(model.predict_proba, np.zeros((1, width), np.float32))
+        except Exception as exc:  # a broken version must not take the server down
+            served.state, served.reason = State.UNAVAILABLE, f"load failed: {exc}"
+            return
+        served.model = model
+        served.batcher = await self._batcher(served.name, served.version, model).start()
+        served.state, served.reason = State.READY, ""
+
+    async def unload(self, name: str) -> None:
+        """Stop routing to ``name``, finish what its batchers admitted, then drop it."""
+        versions = self.versions(name)
+        for served in versions.values():
+            served.state = State.UNLOADING
+        await asyncio.gather(*(s.batcher.close() for s in versions.values() if s.batcher))
+        self._versions.pop(name, None)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.batcher.close() for versions in self._versions.values()
+                               for s in versions.values() if s.batcher))
+
+    # -- the batch function ------------------------------------------------------------
+    def _batcher(self, name: str, version: str, model: Any) -> DynamicBatcher:
+        labels = {"model": name, "version": version}
+        queue_duration = self.metrics.queue_duration.labels(**labels)
+        compute_duration = self.metrics.compute_duration.labels(**labels)
+        batch_size = self.metrics.batch_size.labels(**labels)
+
+        def predict_batch(items: list[Work]) -> list[np.ndarray]:
+            start = time.perf_counter()
+            for work in items:
+                queue_duration.observe(start - work.submitted)
+            rows = np.concatenate([w.rows for w in items])  # (sum n_i, F), one model call
+            probs = np.asarray(model.predict_proba(rows))
+            compute_duration.observe(time.perf_counter() - start)
+            batch_size.observe(len(rows))
+            bounds = np.cumsum([len(w.rows) for w in items])[:-1]
+            return np.split(probs, bounds)
+
+        return DynamicBatcher(predict_batch, self.policy, max_queue=self.max_queue,
+                              workers=self.workers)

@@ -1,0 +1,527 @@
+"""The course's model server: FastAPI over the model repository, speaking the Open
+Inference Protocol (KServe v2 REST, as Triton serves it), with dynamic batching, an
+optional prediction cache, A/B version splits, async jobs and Prometheus metrics.
+
+    python -m helpers.server            # serves data/models on 127.0.0.1:8000
+    python -m helpers.server --help     # every setting; each has a SERVE_* variable too
+
+Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
+``GET /v2/models/{m}[/versions/{v}][/ready]``, ``POST /v2/models/{m}[/versions/{v}]/infer``,
+``POST /v2/repository/index``, ``POST /v2/repository/models/{m}/load|unload``,
+``POST /predict``, ``/predict/batch``, ``/predict/stream`` (NDJSON), ``/jobs`` (async),
+and ``GET /metrics``.
+
+Every request gets an answer: 200; 400/404/413/422 naming what is wrong; 503 with
+``Retry-After`` when the queue is full or a model is not ready; 504 when the
+request's deadline passed before it ran; 500 for the requests of a batch whose
+model call failed, and only those. The defaults are the safe production ones: a
+bounded queue, a default deadline, a body-size limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import __version__
+from .batching import BatcherClosedError, BatchPolicy, DeadlineExceededError, QueueFullError
+from .cache import cache_key
+from .data import FEATURES
+from .jobs import JobManager, JobsFullError
+from .metrics import ServingMetrics
+from .models import ModelNotFoundError, default_repository, list_models
+from .protocol import (
+    InferenceRequest,
+    InferenceResponse,
+    ProtocolError,
+    decode_inputs,
+    encode_tensor,
+)
+from .registry import ModelRegistry, NotReadyError, ServedVersion, Work
+from .routing import TrafficSplit
+
+__all__ = ["ServerSettings", "create_app", "features_to_rows", "main"]
+
+ROUTING_HEADER = "x-routing-key"   # sticky A/B: same key, same version
+TIMEOUT_HEADER = "x-timeout-ms"    # per-request deadline; default from the settings
+VERSION_HEADER = "x-model-version"  # every response says which version answered
+
+
+@dataclass
+class ServerSettings:
+    """Every knob of the server; each field reads ``SERVE_<NAME>`` in ``from_env``."""
+
+    repository: Path | None = None  # None: data/models
+    models: tuple[str, ...] = ()    # empty: every model in the repository
+    default_model: str = "wafer-mlp"  # what /predict serves
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0        # a small share of the 50 ms SLO
+    max_queue: int = 256            # bounded: overload answers 503 instead of queueing forever
+    workers: int = 1                # model threads per version
+    timeout_ms: float = 2000.0      # default deadline: nothing waits forever
+    max_body_bytes: int = 1 << 20   # 1 MiB: ~40,000 wafer records in one body
+    max_records: int = 10_000       # per /predict/batch, /predict/stream or job request
+    cache_entries: int = 0          # 0: no prediction cache
+    cache_ttl_s: float = 60.0
+    splits: dict[str, str] = field(default_factory=dict)  # model -> "1:0.9,2:0.1"
+    max_jobs: int = 256
+    device: str | None = None       # None: helpers.device.pick_device()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ServerSettings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"SERVE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse_setting(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse_setting(name: str, raw: str) -> Any:
+    if name == "repository":
+        return Path(raw)
+    if name == "models":
+        return tuple(m.strip() for m in raw.split(",") if m.strip())
+    if name == "splits":  # "wafer-mlp=1:0.9,2:0.1;other=1:1"
+        return dict(part.split("=", 1) for part in raw.split(";") if part.strip())
+    if name in ("default_model", "device"):
+        return raw
+    number = float(raw)
+    return int(number) if name in ("max_batch_size", "max_queue", "workers", "max_body_bytes",
+                                   "max_records", "cache_entries", "max_jobs") else number
+
+
+# -- request checks ------------------------------------------------------------------
+def features_to_rows(records: list[dict[str, Any]]) -> np.ndarray:
+    """Plain-JSON wafer records -> a ``(n, 8)`` float32 array, or a 422 naming the problem."""
+    if not isinstance(records, list) or not records:
+        raise ProtocolError("send at least one record", 422)
+    rows = np.empty((len(records), len(FEATURES)), dtype=np.float32)
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ProtocolError(f"record {i} is not an object of feature values", 422)
+        missing = [f for f in FEATURES if f not in record]
+        unknown = sorted(set(record) - set(FEATURES))
+        if missing or unknown:
+            raise ProtocolError(f"record {i}: missing {missing}, unknown {unknown}", 422)
+        for j, name in enumerate(FEATURES):
+            value = record[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ProtocolError(f"record {i}: {name}={value!r} is not a number", 422)
+            if not math.isfinite(value):
+                raise ProtocolError(f"record {i}: {name}={value!r} is not finite", 422)
+            rows[i, j] = value
+    return rows
+
+
+class BodyTooLargeError(ProtocolError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the {limit}-byte limit", 413)
+
+
+class ModelFailedError(RuntimeError):
+    """The model raised while computing this request's batch."""
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` (declared or streamed) with 413."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            status = 400 if not declared.isdigit() else 413
+            message = ("invalid Content-Length" if status == 400
+                       else str(BodyTooLargeError(self.max_bytes)))
+            return await JSONResponse({"error": message}, status)(scope, receive, send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # a chunked body that lied by omission
+                raise BodyTooLargeError(self.max_bytes)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+# -- the app -------------------------------------------------------------------------
+def create_app(settings: ServerSettings | None = None, *, models: list[Any] = (),
+               cache: Any = None, router: Callable[[str, str | None], str] | None = None,
+               validate: Callable[[list[dict]], np.ndarray] = features_to_rows) -> FastAPI:
+    """Build the server. Plug-in points for lessons and tests:
+
+    - ``models``: extra model objects to serve (``.config`` and ``.predict_proba``);
+    - ``cache``: any object with ``lookup(key) -> (found, value)``, ``put(key, value)``
+      and ``stats.hits`` / ``stats.misses`` (default: a ``TTLCache`` if
+      ``settings.cache_entries`` > 0, else none);
+    - ``router``: ``router(model, routing_key) -> version`` for unversioned requests
+      (default: the settings' traffic splits, else the newest ready version);
+    - ``validate``: plain-JSON records -> ``(n, 8)`` float32 rows (default ``features_to_rows``).
+    """
+    settings = settings or ServerSettings()
+    repository = settings.repository or default_repository()
+    metrics = ServingMetrics()
+    policy = BatchPolicy(settings.max_batch_size, settings.max_wait_ms / 1000)
+    registry = ModelRegistry(repository if repository.is_dir() else None, policy,
+                             max_queue=settings.max_queue, workers=settings.workers,
+                             metrics=metrics, device=settings.device)
+    if cache is None and settings.cache_entries > 0:
+        from .cache import TTLCache
+        cache = TTLCache(settings.cache_entries, settings.cache_ttl_s)
+    splits = {name: TrafficSplit.parse(text) for name, text in settings.splits.items()}
+    jobs = JobManager(settings.max_jobs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for model in models:
+            await registry.add(model)
+        names = settings.models or (list_models(repository) if registry.repository else [])
+        for name in names:
+            await registry.load(name)  # loads and warms every version before "ready"
+        yield
+        # uvicorn has stopped accepting and finished in-flight requests; drain the rest.
+        await jobs.close()
+        await registry.close()
+
+    app = FastAPI(title="Real-Time ML Serving", version=__version__, lifespan=lifespan)
+    app.state.registry, app.state.metrics, app.state.cache = registry, metrics, cache
+    app.state.jobs, app.state.settings = jobs, settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    metrics.add_collector(lambda: _live_values(registry, cache))
+    _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        served = getattr(request.state, "served", None)
+        if served is not None:
+            labels = {"model": served[0], "version": served[1]}
+            metrics.requests.labels(**labels, code=str(response.status_code)).inc()
+            metrics.request_duration.labels(**labels).observe(time.perf_counter() - start)
+            if response.status_code >= 400:
+                metrics.failures.labels(**labels, reason=str(response.status_code)).inc()
+        return response
+
+    # -- helpers used by the routes -----------------------------------------------------
+    def resolve(request: Request, name: str, version: str | None) -> ServedVersion:
+        request.state.served = (name, version or "")
+        if version is None:
+            key = request.headers.get(ROUTING_HEADER)
+            if router is not None:
+                version = str(router(name, key))
+            elif name in splits:
+                version = splits[name].choose(key)
+        served = registry.get(name, version)
+        request.state.served = (name, served.version)
+        return served
+
+    def deadline_s(request: Request) -> float:
+        raw = request.headers.get(TIMEOUT_HEADER)
+        if raw is None:
+            return settings.timeout_ms / 1000
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ProtocolError(f"{TIMEOUT_HEADER}: {raw!r} is not a number of milliseconds") \
+                from None
+        if not (value > 0 and math.isfinite(value)):
+            raise ProtocolError(f"{TIMEOUT_HEADER} must be a positive number, got {raw}")
+        return value / 1000
+
+    async def predict(served: ServedVersion, rows: np.ndarray, timeout_s: float) -> np.ndarray:
+        key = cache_key(served.name, served.version, rows) if cache is not None else None
+        if key is not None:
+            found, value = cache.lookup(key)
+            if found:
+                return value
+        try:
+            result = await served.batcher.submit(Work(rows), timeout_s=timeout_s)
+        except (QueueFullError, DeadlineExceededError, BatcherClosedError):
+            raise
+        except Exception as exc:  # the model raised for this batch
+            raise ModelFailedError(f"{served.name} v{served.version} failed: {exc}") from exc
+        if key is not None:
+            cache.put(key, result)
+        return result
+
+    def plain(served: ServedVersion, **body: Any) -> JSONResponse:
+        return JSONResponse({"model": served.name, "version": served.version, **body},
+                            headers={VERSION_HEADER: served.version})
+
+    def records_of(body: Any) -> list:
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list):
+            raise ProtocolError('send {"records": [{feature: value, ...}, ...]}', 422)
+        if len(records) > settings.max_records:
+            raise ProtocolError(f"{len(records)} records is over the {settings.max_records} "
+                                "limit per request; use /jobs for more", 413)
+        return records
+
+    async def json_body(request: Request) -> Any:
+        try:
+            return json.loads(await request.body())
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"body is not valid JSON: {exc}") from None
+
+    # -- health and metadata ------------------------------------------------------------
+    @app.get("/v2")
+    async def server_metadata():
+        return {"name": "realtime-ml-serving", "version": __version__,
+                "extensions": ["model_repository", "jobs", "predict"]}
+
+    @app.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        ok = registry.is_ready()
+        return JSONResponse({"ready": ok}, 200 if ok else 503)
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None):
+        versions = registry.versions(name)
+        served = registry.get(name, version)
+        config = served.model.config
+        return {"name": name, "versions": sorted(versions, key=int), "platform": config.platform,
+                "inputs": [vars(t) for t in config.inputs],
+                "outputs": [vars(t) for t in config.outputs]}
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None):
+        registry.versions(name)  # 404 for an unknown model
+        try:
+            served = registry.get(name, version)
+        except NotReadyError as exc:
+            return JSONResponse({"name": name, "ready": False, "error": str(exc)}, 503)
+        return {"name": name, "version": served.version, "ready": True}
+
+    # -- inference ----------------------------------------------------------------------
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, body: InferenceRequest, request: Request,
+                    version: str | None = None):
+        served = resolve(request, name, version)
+        config = served.model.config
+        rows = decode_inputs(body, config.inputs)[config.inputs[0].name]
+        probs = await predict(served, rows, deadline_s(request))
+        response = InferenceResponse(
+            model_name=name, model_version=served.version, id=body.id,
+            outputs=[encode_tensor(config.outputs[0].name, np.asarray(probs, np.float32))])
+        return JSONResponse(response.model_dump(exclude_none=True),
+                            headers={VERSION_HEADER: served.version})
+
+    @app.post("/predict")
+    async def predict_one(request: Request, model: str | None = None):
+        body = await json_body(request)
+        features = body.get("features") if isinstance(body, dict) else None
+        if not isinstance(features, dict):
+            raise ProtocolError('send {"features": {feature: value, ...}}', 422)
+        served = resolve(request, model or settings.default_model, None)
+        rows = validate([features])
+        probs = await predict(served, rows, deadline_s(request))
+        return plain(served, defect_probability=float(probs[0]))
+
+    @app.post("/predict/batch")
+    async def predict_batch(request: Request, model: str | None = None):
+        records = records_of(await json_body(request))
+        served = resolve(request, model or settings.default_model, None)
+        probs = await predict(served, validate(records), deadline_s(request))
+        return plain(served, predictions=[float(p) for p in probs])
+
+    @app.post("/predict/stream")
+    async def predict_stream(request: Request, model: str | None = None, chunk: int = 64):
+        """NDJSON: one line per record, in order, sent as each chunk completes."""
+        records = records_of(await json_body(request))
+        if not 1 <= chunk <= settings.max_records:
+            raise ProtocolError(f"chunk must be within 1..{settings.max_records}, got {chunk}")
+        served = resolve(request, model or settings.default_model, None)
+        rows, timeout_s = validate(records), deadline_s(request)
+
+        async def lines():
+            # A few chunks in flight let the batcher group them; lines leave in order.
+            in_flight: deque[tuple[int, asyncio.Task]] = deque()
+            try:
+                for start in range(0, len(rows), chunk):
+                    task = asyncio.ensure_future(
+                        predict(served, rows[start:start + chunk], timeout_s))
+                    in_flight.append((start, task))
+                    if len(in_flight) >= 4:
+                        yield await ndjson(*in_flight.popleft())
+                while in_flight:
+                    yield await ndjson(*in_flight.popleft())
+            except (ProtocolError, QueueFullError, DeadlineExceededError, BatcherClosedError,
+                    ModelFailedError) as exc:
+                # The 200 and earlier lines are already sent: say what broke, then stop.
+                yield json.dumps({"error": str(exc)}) + "\n"
+            finally:
+                for _, task in in_flight:  # the client went away, or an error: stop the rest
+                    task.cancel()
+
+        async def ndjson(start: int, task: asyncio.Task) -> str:
+            probs = await task
+            return "".join(json.dumps({"index": start + k, "defect_probability": float(p)})
+                           + "\n" for k, p in enumerate(probs))
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson",
+                                 headers={VERSION_HEADER: served.version})
+
+    # -- async jobs ---------------------------------------------------------------------
+    @app.post("/jobs", status_code=202)
+    async def submit_job(request: Request, model: str | None = None):
+        body = await json_body(request)  # no max_records: jobs exist for big requests
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list):
+            raise ProtocolError('send {"records": [...]}', 422)
+        served = resolve(request, model or settings.default_model, None)
+        rows = validate(records)
+
+        async def run(job):
+            out = []
+            for start in range(0, len(rows), 256):
+                probs = await predict(served, rows[start:start + 256], settings.timeout_ms / 1000)
+                out.extend(float(p) for p in probs)
+                job.done = len(out)
+            return {"model": served.name, "version": served.version, "predictions": out}
+
+        job = jobs.submit(len(rows), run)
+        return {**job.status(), "status_url": f"/jobs/{job.id}",
+                "result_url": f"/jobs/{job.id}/result"}
+
+    @app.get("/jobs/{job_id}")
+    async def job_status(job_id: str):
+        return jobs.get(job_id).status()
+
+    @app.get("/jobs/{job_id}/result")
+    async def job_result(job_id: str):
+        job = jobs.get(job_id)
+        if job.state.value != "SUCCEEDED":
+            return JSONResponse({"error": f"job is {job.state.value}", **job.status()}, 409)
+        return job.result
+
+    @app.delete("/jobs/{job_id}")
+    async def cancel_job(job_id: str):
+        return jobs.cancel(job_id).status()
+
+    # -- repository extension -----------------------------------------------------------
+    @app.post("/v2/repository/index")
+    async def repository_index():
+        return registry.index()
+
+    @app.post("/v2/repository/models/{name}/load")
+    async def load(name: str):
+        loaded = await registry.load(name)
+        failed = [f"v{s.version}: {s.reason}" for s in loaded if s.reason]
+        if failed:
+            return JSONResponse({"error": f"{name} failed to load: {failed}"}, 500)
+        return {"name": name, "versions": [s.version for s in loaded]}
+
+    @app.post("/v2/repository/models/{name}/unload")
+    async def unload(name: str):
+        await registry.unload(name)
+        return {"name": name, "unloaded": True}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _live_values(registry: ModelRegistry, cache: Any):
+    depth = GaugeMetricFamily("inference_queue_depth", "Requests waiting for a batch",
+                              labels=["model", "version"])
+    for name in registry.names():
+        for version, served in registry.versions(name).items():
+            if served.batcher is not None:
+                depth.add_metric([name, version], served.batcher.queue_depth)
+    yield depth
+    if cache is not None:
+        yield CounterMetricFamily("inference_cache_hits", "Prediction cache hits",
+                                  value=cache.stats.hits)
+        yield CounterMetricFamily("inference_cache_misses", "Prediction cache misses",
+                                  value=cache.stats.misses)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    handlers: dict[type[Exception], Callable[[Exception], JSONResponse]] = {
+        ProtocolError: lambda e: _error(e.status, str(e)),
+        ModelNotFoundError: lambda e: _error(404, str(e)),
+        KeyError: lambda e: _error(404, str(e.args[0]) if e.args else "not found"),
+        NotReadyError: lambda e: _error(503, str(e), {"Retry-After": "1"}),
+        QueueFullError: lambda e: _error(
+            503, str(e), {"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}),
+        BatcherClosedError: lambda e: _error(503, str(e), {"Retry-After": "1"}),
+        JobsFullError: lambda e: _error(503, str(e), {"Retry-After": "5"}),
+        DeadlineExceededError: lambda e: _error(504, str(e)),
+        ModelFailedError: lambda e: _error(500, str(e)),
+    }
+    for exc_type, make in handlers.items():
+        app.add_exception_handler(exc_type, lambda request, exc, make=make: make(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        return _error(422, problems)
+
+
+# -- python -m helpers.server ----------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.server",
+        description="Serve the model repository over the Open Inference Protocol. Every "
+                    "setting also reads SERVE_<NAME> (e.g. SERVE_MAX_QUEUE=64).")
+    parser.add_argument("--host", default=os.environ.get("SERVE_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SERVE_PORT", "8000")))
+    parser.add_argument("--shutdown-grace-s", type=float, default=30.0,
+                        help="on SIGTERM, how long in-flight requests may take to finish")
+    for f in fields(ServerSettings):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", default=None,
+                            help=f"default {f.default!r}" if f.default is not None
+                            and not callable(f.default) else None)
+    args = parser.parse_args(argv)
+    overrides = {f.name: _parse_setting(f.name, getattr(args, f.name))
+                 for f in fields(ServerSettings) if getattr(args, f.name) is not None}
+    settings = ServerSettings.from_env(**overrides)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=args.shutdown_grace_s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Run a server from a notebook or a test, and always stop it.
+
+- ``serve_in_thread(app)`` serves an app object in a background thread of *this*
+  process. Objects you pass to ``create_app`` — your cache, your router — run
+  inside the real server, and you can inspect them while it serves.
+- ``serve_subprocess(...)`` starts ``python -m helpers.server`` as its own process
+  on a free loopback port: what production runs, signals included.
+
+Both wait until ``/v2/health/ready`` answers 200 before yielding, and stop what
+they started on the way out — also when the block raises — so nbval and pytest
+never leave a server behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["free_port", "wait_until_ready", "serve_in_thread", "ServerProcess", "serve_subprocess"]
+
+READY_PATH = "/v2/health/ready"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(url: str, timeout_s: float = 120.0, alive=lambda: True) -> None:
+    """Poll ``url + /v2/health/ready`` until it answers 200; raise if ``alive()`` turns false."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if not alive():
+                raise RuntimeError(f"the server at {url} stopped before it was ready")
+            try:
+                if client.get(url + READY_PATH).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} was not ready within {timeout_s} s")
+            time.sleep(0.05)
+
+
+@contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1", port: int | None = None,
+                    timeout_s: float = 120.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a daemon thread; yields the base URL."""
+    import uvicorn
+
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=30))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    url = f"http://{host}:{port}"
+    try:
+        wait_until_ready(url, timeout_s, alive=thread.is_alive)
+        yield url
+    finally:
+        server.should_exit = True  # stop accepting, finish in-flight, run lifespan shutdown
+        thread.join(timeout=60)
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def terminate(self) -> None:
+        """SIGTERM: the server stops taking new work and finishes what it admitted."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1",
+                     timeout_s: float = 120.0) -> Iterator[ServerProcess]:
+    """Run ``python -m helpers.server ARGS`` on a free port; yields a ``ServerProcess``."""
+    port = free_port(host)
+    log = Path(tempfile.mkstemp(prefix="helpers-server-", suffix=".log")[1])
+    cmd = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *args]
+    with open(log, "w") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
+    server = ServerProcess(f"http://{host}:{port}", process, log)
+    try:
+        try:
+            wait_until_ready(server.url, timeout_s, alive=lambda: process.poll() is None)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n--- server log ---\n{server.log()[-4000:]}") from None
+        yield server
+    finally:
+        server.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.unlink(missing_ok=True)

@@ -1,0 +1,264 @@
+"""The server over real HTTP on loopback (uvicorn in a thread of this process)."""
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from helpers import data, models
+from helpers.cache import TTLCache
+from helpers.server import ServerSettings, create_app
+from helpers.serving import serve_in_thread
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from serving_fixtures import POISON, FaultyModel, SlowModel  # noqa: E402
+
+RECORDS = data.make_wafer_records(64, seed=11)
+ROWS = data.feature_matrix(RECORDS)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served-models")
+    models.train_wafer_models(root, n_rows=4000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    settings = ServerSettings(repository=repo, splits={"wafer-mlp": "1:0.5,2:0.5"},
+                              max_wait_ms=1, device="cpu")
+    app = create_app(settings, models=[FaultyModel()])
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        client.app = app
+        yield client
+
+
+def v2_body(rows, **overrides):
+    tensor = {"name": "process_features", "shape": list(rows.shape), "datatype": "FP32",
+              "data": rows.ravel().tolist()}
+    tensor.update(overrides)
+    return {"id": "req-1", "inputs": [tensor]}
+
+
+def records_json(df):
+    return [{f: float(getattr(r, f)) for f in data.FEATURES} for r in df.itertuples()]
+
+
+def test_health_and_server_metadata(server):
+    assert server.get("/v2/health/live").json() == {"live": True}
+    assert server.get("/v2/health/ready").status_code == 200
+    meta = server.get("/v2").json()
+    assert meta["name"] == "realtime-ml-serving" and "model_repository" in meta["extensions"]
+
+
+def test_model_metadata_and_readiness(server):
+    meta = server.get("/v2/models/wafer-mlp").json()
+    assert meta["versions"] == ["1", "2"] and meta["platform"] == "pytorch_state_dict"
+    assert meta["inputs"] == [{"name": "process_features", "datatype": "FP32", "shape": [-1, 8]}]
+    assert server.get("/v2/models/wafer-mlp/versions/1/ready").json()["ready"] is True
+    missing = server.get("/v2/models/wafer-cnn")
+    assert missing.status_code == 404 and "wafer-cnn" in missing.json()["error"]
+    assert server.get("/v2/models/wafer-mlp/versions/9").status_code == 404
+    assert server.get("/v2/models/wafer-mlp/versions/9/ready").status_code == 404
+
+
+def test_v2_infer_matches_the_model(server, repo):
+    response = server.post("/v2/models/wafer-forest/infer", json=v2_body(ROWS))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "wafer-forest" and body["model_version"] == "1"
+    assert body["id"] == "req-1" and response.headers["x-model-version"] == "1"
+    (out,) = body["outputs"]
+    assert out["name"] == "defect_probability" and out["shape"] == [64]
+    expected = models.load_model("wafer-forest", repository=repo).predict_proba(ROWS)
+    np.testing.assert_allclose(out["data"], expected, atol=1e-6)
+
+
+def test_a_versioned_path_pins_the_version(server):
+    for version in ("1", "2"):
+        response = server.post(f"/v2/models/wafer-mlp/versions/{version}/infer",
+                               json=v2_body(ROWS[:2]))
+        assert response.json()["model_version"] == version
+
+
+@pytest.mark.parametrize("mutate, status, message", [
+    (lambda b: b["inputs"][0].update(shape=[64, 7]), 400, "does not fit"),
+    (lambda b: b["inputs"][0].update(datatype="FP64"), 400, "does not match the model's FP32"),
+    (lambda b: b["inputs"][0].update(data=b["inputs"][0]["data"][:-1]), 400, "needs 512 values"),
+    (lambda b: b["inputs"][0]["data"].__setitem__(3, float("nan")), 400, "not finite"),
+    (lambda b: b["inputs"][0].update(name="features"), 400, "unknown input"),
+    (lambda b: b["inputs"][0].pop("shape"), 422, "inputs.0.shape"),
+    (lambda b: b.pop("inputs"), 422, "inputs"),
+    (lambda b: b.update(extra=1), 422, "extra"),
+])
+def test_bad_v2_requests_get_a_4xx_naming_the_problem(server, mutate, status, message):
+    body = v2_body(ROWS)
+    mutate(body)
+    response = server.post("/v2/models/wafer-forest/infer", content=json.dumps(body),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_unknown_model_not_json_and_oversized_bodies(server):
+    assert server.post("/v2/models/nope/infer", json=v2_body(ROWS)).status_code == 404
+    garbage = server.post("/v2/models/wafer-forest/infer", content=b"{not json",
+                          headers={"content-type": "application/json"})
+    assert garbage.status_code == 422
+    huge = server.post("/predict/batch", content=b"x" * (2 << 20))
+    assert huge.status_code == 413 and "limit" in huge.json()["error"]
+    assert server.get("/v2/health/live").status_code == 200  # still serving
+
+
+def test_plain_predict_and_its_validation(server):
+    record = records_json(RECORDS.head(1))[0]
+    ok = server.post("/predict", json={"features": record})
+    assert ok.status_code == 200 and 0 <= ok.json()["defect_probability"] <= 1
+    assert ok.json()["model"] == "wafer-mlp"
+    for bad, message in [({k: v for k, v in record.items() if k != "humidity_pct"},
+                          "missing ['humidity_pct']"),
+                         ({**record, "color": 1.0}, "unknown ['color']"),
+                         ({**record, "pressure_torr": "high"}, "is not a number"),
+                         ({**record, "pressure_torr": True}, "is not a number")]:
+        response = server.post("/predict", json={"features": bad})
+        assert response.status_code == 422 and message in response.json()["error"]
+    assert server.post("/predict", json={"feature": record}).status_code == 422
+
+
+def test_batch_and_stream_give_the_same_predictions_in_order(server):
+    records = records_json(RECORDS)
+    batch = server.post("/predict/batch?model=wafer-forest", json={"records": records})
+    assert batch.status_code == 200
+    with server.stream("POST", "/predict/stream?model=wafer-forest&chunk=10",
+                       json={"records": records}) as stream:
+        assert stream.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in stream.iter_lines() if line]
+    assert [line["index"] for line in lines] == list(range(64))
+    np.testing.assert_allclose([line["defect_probability"] for line in lines],
+                               batch.json()["predictions"], atol=1e-7)
+
+
+def test_ab_split_is_sticky_and_readable_from_metrics(server):
+    body = v2_body(ROWS[:1])
+    for tool in ("ETCH-01", "ETCH-02", "ETCH-05"):
+        versions = {server.post("/v2/models/wafer-mlp/infer", json=body,
+                                headers={"x-routing-key": tool}).headers["x-model-version"]
+                    for _ in range(5)}
+        assert len(versions) == 1  # one tool, one version
+    seen = {server.post("/v2/models/wafer-mlp/infer", json=body,
+                        headers={"x-routing-key": f"lot-{i}"}).headers["x-model-version"]
+            for i in range(40)}
+    assert seen == {"1", "2"}
+    metrics = server.get("/metrics").text
+    for version in ("1", "2"):
+        assert f'inference_requests_total{{code="200",model="wafer-mlp",version="{version}"}}' \
+            in metrics
+    assert "inference_batch_size_bucket" in metrics and "inference_queue_depth" in metrics
+
+
+def test_a_failing_model_fails_only_its_own_batch(server):
+    poisoned = ROWS[:1].copy()
+    poisoned[0, 0] = POISON
+    bad = server.post("/v2/models/faulty/infer", json=v2_body(poisoned))
+    assert bad.status_code == 500 and "sensor frame corrupt" in bad.json()["error"]
+    good = server.post("/v2/models/faulty/infer", json=v2_body(ROWS[:1]))
+    assert good.status_code == 200
+    assert 'inference_request_failures_total{model="faulty",reason="500",version="1"} 1.0' \
+        in server.get("/metrics").text
+
+
+def test_async_job_round_trip(server):
+    records = records_json(data.make_wafer_records(700, seed=3))
+    submitted = server.post("/jobs?model=wafer-forest", json={"records": records})
+    assert submitted.status_code == 202
+    job = submitted.json()
+    for _ in range(200):
+        status = server.get(job["status_url"]).json()
+        if status["state"] == "SUCCEEDED":
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    assert status["done"] == status["total"] == 700 and status["progress"] == 1.0
+    result = server.get(job["result_url"]).json()
+    assert len(result["predictions"]) == 700 and result["version"] == "1"
+    assert server.get("/jobs/not-a-job").status_code == 404
+    assert server.delete(f"/jobs/{job['id']}").json()["state"] == "SUCCEEDED"
+
+
+def test_repository_index_unload_and_load(server):
+    index = server.post("/v2/repository/index").json()
+    assert {"name": "wafer-forest", "version": "1", "state": "READY", "reason": ""} in index
+    assert server.post("/v2/repository/models/wafer-forest/unload").status_code == 200
+    assert server.post("/v2/models/wafer-forest/infer", json=v2_body(ROWS)).status_code == 404
+    assert {"name": "wafer-forest", "version": "1", "state": "UNAVAILABLE",
+            "reason": "not loaded"} in server.post("/v2/repository/index").json()
+    assert server.post("/v2/repository/models/wafer-forest/load").status_code == 200
+    assert server.get("/v2/models/wafer-forest/ready").json()["ready"] is True
+    assert server.post("/v2/repository/models/nope/load").status_code == 404
+
+
+# -- load behaviour, each with its own small server -------------------------------------
+async def _fire(url, n, body, headers=None):
+    async with httpx.AsyncClient(base_url=url, timeout=60,
+                                 limits=httpx.Limits(max_connections=n)) as client:
+        return await asyncio.gather(*(client.post("/v2/models/slow/infer", json=body,
+                                                  headers=headers) for _ in range(n)))
+
+
+def test_overload_gets_503_with_retry_after_and_nothing_is_lost():
+    slow = SlowModel(delay_s=0.02)
+    settings = ServerSettings(repository=Path("/nonexistent"), max_queue=4, max_batch_size=2,
+                              max_wait_ms=0, timeout_ms=30_000)
+    with serve_in_thread(create_app(settings, models=[slow])) as url:
+        responses = asyncio.run(_fire(url, 60, v2_body(ROWS[:1])))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) > 0
+    assert all(int(r.headers["retry-after"]) >= 1 for r in responses if r.status_code == 503)
+    assert all("queue full" in r.json()["error"] for r in responses if r.status_code == 503)
+    assert sum(slow.calls) == codes.count(200)  # every admitted request computed once
+
+
+def test_a_request_past_its_deadline_gets_504_and_is_not_computed():
+    slow = SlowModel(delay_s=0.0)
+    slow.release.clear()  # the first batch blocks the only worker
+    settings = ServerSettings(repository=Path("/nonexistent"), max_batch_size=1, max_wait_ms=0)
+    with serve_in_thread(create_app(settings, models=[slow])) as url:
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                blocker = asyncio.ensure_future(
+                    client.post("/v2/models/slow/infer", json=v2_body(ROWS[:1])))
+                await asyncio.sleep(0.2)
+                late = await client.post("/v2/models/slow/infer", json=v2_body(ROWS[:2]),
+                                         headers={"x-timeout-ms": "100"})
+                slow.release.set()
+                return await blocker, late
+        first, late = asyncio.run(scenario())
+    assert first.status_code == 200
+    assert late.status_code == 504 and "not computed" in late.json()["error"]
+    assert slow.calls == [1]  # the 2-row request never reached the model
+
+
+def test_bad_timeout_header_is_a_400():
+    settings = ServerSettings(repository=Path("/nonexistent"))
+    with serve_in_thread(create_app(settings, models=[SlowModel(delay_s=0)])) as url:
+        response = httpx.post(url + "/v2/models/slow/infer", json=v2_body(ROWS[:1]),
+                              headers={"x-timeout-ms": "soon"})
+    assert response.status_code == 400 and "x-timeout-ms" in response.json()["error"]
+
+
+def test_a_cache_serves_repeats_and_counts_them():
+    slow = SlowModel(delay_s=0)
+    cache = TTLCache(max_entries=100, ttl_s=60)
+    settings = ServerSettings(repository=Path("/nonexistent"))
+    with serve_in_thread(create_app(settings, models=[slow], cache=cache)) as url:
+        with httpx.Client(base_url=url) as client:
+            first = client.post("/v2/models/slow/infer", json=v2_body(ROWS[:3]))
+            again = client.post("/v2/models/slow/infer", json=v2_body(ROWS[:3]))
+            metrics = client.get("/metrics").text
+    assert first.json()["outputs"] == again.json()["outputs"]
+    assert slow.calls == [3] and cache.stats.hits == 1 and cache.stats.misses == 1
+    assert "inference_cache_hits_total 1.0" in metrics

@@ -19,7 +19,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND ?= Agg
 
-.PHONY: help setup data lab test lint test-helpers test-course notebooks autograde feedback grades clean
+.PHONY: help setup data lab serve test lint test-helpers test-course notebooks autograde feedback grades clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ data: $(STAMP)  ## train the course models into data/models (skips what exists)
 lab: setup  ## start JupyterLab on the course (PORT=8888 by default)
 	$(BIN)/jupyter lab --port=$(PORT) $(ALLOW_ROOT) --ServerApp.root_dir=$(CURDIR) \
 		--ServerApp.default_url=/lab/tree/notebooks
+
+serve: setup  ## run the model server on 127.0.0.1:8000 (extra flags: ARGS="--max-queue 64")
+	$(BIN)/python -m helpers.server $(ARGS)
 
 lint: $(STAMP)  ## ruff over the package and the tests
 	$(BIN)/ruff check helpers tests nbgrader_config.py assessments/*.py

@@ -1,0 +1,92 @@
+"""`python -m helpers.server` as its own process: signals, overload, defaults."""
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from helpers import data, models
+from helpers.serving import serve_subprocess
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+from serving_fixtures import SlowEstimator  # noqa: E402
+
+ROW = data.feature_matrix(data.make_wafer_records(1))
+BODY = {"inputs": [{"name": "process_features", "shape": [1, 8], "datatype": "FP32",
+                    "data": ROW.ravel().tolist()}]}
+# The subprocess unpickles SlowEstimator from the test repository.
+ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def slow_repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slow-repo")
+    models.save_sklearn_model(SlowEstimator(delay_s=0.05), "slow", 1, root)
+    return root
+
+
+async def queue_depth(client, model="slow"):
+    text = (await client.get("/metrics")).text
+    match = re.search(rf'inference_queue_depth{{model="{model}",version="1"}} (\S+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+async def fire(url, n):
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        return await asyncio.gather(*(client.post("/v2/models/slow/infer", json=BODY)
+                                      for _ in range(n)), return_exceptions=True)
+
+
+def test_sigterm_under_load_completes_every_admitted_request(slow_repo):
+    args = ["--repository", str(slow_repo), "--max-batch-size", "4", "--max-wait-ms", "0",
+            "--max-queue", "256", "--timeout-ms", "60000"]
+    with serve_subprocess(*args, env=ENV) as server:
+        async def scenario():
+            requests = asyncio.ensure_future(fire(server.url, 40))
+            async with httpx.AsyncClient(base_url=server.url) as probe:
+                while await queue_depth(probe) < 20:
+                    await asyncio.sleep(0.01)
+            server.terminate()  # SIGTERM with 20+ requests admitted and waiting
+            return await requests
+
+        responses = asyncio.run(scenario())
+        errors = [r for r in responses if isinstance(r, Exception)]
+        assert not errors, f"lost requests: {errors[:3]}"
+        assert [r.status_code for r in responses] == [200] * 40
+        # uvicorn finishes the work, then exits by the signal it received
+        assert server.process.wait(timeout=60) in (0, -15)
+
+
+def test_overload_answers_everything_and_memory_stays_bounded(slow_repo):
+    args = ["--repository", str(slow_repo), "--max-batch-size", "4", "--max-wait-ms", "0",
+            "--max-queue", "8"]
+    with serve_subprocess(*args, env=ENV) as server:
+        process = psutil.Process(server.process.pid)
+        before = process.memory_info().rss
+        # Capacity is ~80 requests/s (4 per 50 ms); send 300 at once, twice.
+        results = asyncio.run(fire(server.url, 300)) + asyncio.run(fire(server.url, 300))
+        grown_mb = (process.memory_info().rss - before) / 2**20
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, f"unanswered requests: {errors[:3]}"
+    codes = [r.status_code for r in results]
+    assert set(codes) <= {200, 503} and codes.count(503) > 300
+    assert all(int(r.headers["retry-after"]) >= 1 for r in results if r.status_code == 503)
+    assert grown_mb < 150, f"server RSS grew {grown_mb:.0f} MiB under overload"
+
+
+def test_no_flags_serves_the_default_repository():
+    if not models.list_models():
+        models.ensure_wafer_models()
+    with serve_subprocess() as server, httpx.Client(base_url=server.url) as client:
+        names = {row["name"] for row in client.post("/v2/repository/index").json()}
+        assert {"wafer-forest", "wafer-mlp"} <= names
+        response = client.post("/v2/models/wafer-mlp/infer", json={
+            "inputs": [{**BODY["inputs"][0], "name": "process_features"}]})
+        assert response.status_code == 200 and response.headers["x-model-version"] == "2"

@@ -73,6 +73,7 @@ class ServerSettings:
     max_batch_size: int = 32
     max_wait_ms: float = 2.0        # a small share of the 50 ms SLO
     max_queue: int = 256            # bounded: overload answers 503 instead of queueing forever
+    max_in_flight: int = 512        # HTTP requests being handled at once; more get 503 at the door
     workers: int = 1                # model threads per version
     timeout_ms: float = 2000.0      # default deadline: nothing waits forever
     max_body_bytes: int = 1 << 20   # 1 MiB: ~40,000 wafer records in one body
@@ -106,8 +107,9 @@ def _parse_setting(name: str, raw: str) -> Any:
     if name in ("default_model", "device"):
         return raw
     number = float(raw)
-    return int(number) if name in ("max_batch_size", "max_queue", "workers", "max_body_bytes",
-                                   "max_records", "cache_entries", "max_jobs") else number
+    return int(number) if name in ("max_batch_size", "max_queue", "max_in_flight", "workers",
+                                   "max_body_bytes", "max_records", "cache_entries",
+                                   "max_jobs") else number
 
 
 # -- request checks ------------------------------------------------------------------
@@ -170,6 +172,49 @@ class BodySizeLimit:
         await self.app(scope, counted_receive, send)
 
 
+class FrontDoor:
+    """ASGI middleware: shed load at the door, and count every answer for Prometheus.
+
+    The batcher's queue bounds the work waiting for the model, but when requests
+    arrive faster than the HTTP layer itself can parse them, they pile up *before*
+    the batcher, in the event loop. Capping the requests in flight answers the
+    excess with an immediate 503 instead of letting every request's latency grow.
+    """
+
+    def __init__(self, app, max_in_flight: int, metrics: ServingMetrics) -> None:
+        self.app, self.max_in_flight, self.metrics = app, max_in_flight, metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            response = _error(503, f"server busy: {self.in_flight} requests in flight",
+                              {"Retry-After": "1"})
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        start, status = time.perf_counter(), 500
+
+        async def watch_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch_status)
+        finally:
+            self.in_flight -= 1
+            served = scope.get("state", {}).get("served")  # set by the route (request.state)
+            if served is not None:
+                labels = {"model": served[0], "version": served[1]}
+                self.metrics.requests.labels(**labels, code=str(status)).inc()
+                self.metrics.request_duration.labels(**labels).observe(
+                    time.perf_counter() - start)
+                if status >= 400:
+                    self.metrics.failures.labels(**labels, reason=str(status)).inc()
+
+
 # -- the app -------------------------------------------------------------------------
 def create_app(settings: ServerSettings | None = None, *, models: list[Any] = (),
                cache: Any = None, router: Callable[[str, str | None], str] | None = None,
@@ -213,21 +258,9 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
     app.state.registry, app.state.metrics, app.state.cache = registry, metrics, cache
     app.state.jobs, app.state.settings = jobs, settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(FrontDoor, max_in_flight=settings.max_in_flight, metrics=metrics)
     metrics.add_collector(lambda: _live_values(registry, cache))
     _install_error_handlers(app)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        served = getattr(request.state, "served", None)
-        if served is not None:
-            labels = {"model": served[0], "version": served[1]}
-            metrics.requests.labels(**labels, code=str(response.status_code)).inc()
-            metrics.request_duration.labels(**labels).observe(time.perf_counter() - start)
-            if response.status_code >= 400:
-                metrics.failures.labels(**labels, reason=str(response.status_code)).inc()
-        return response
 
     # -- helpers used by the routes -----------------------------------------------------
     def resolve(request: Request, name: str, version: str | None) -> ServedVersion:

@@ -262,3 +262,25 @@ def test_a_cache_serves_repeats_and_counts_them():
     assert first.json()["outputs"] == again.json()["outputs"]
     assert slow.calls == [3] and cache.stats.hits == 1 and cache.stats.misses == 1
     assert "inference_cache_hits_total 1.0" in metrics
+
+
+def test_requests_over_the_in_flight_limit_are_shed_at_the_door():
+    slow = SlowModel(delay_s=0)
+    slow.release.clear()  # admitted requests wait inside the server
+    settings = ServerSettings(repository=Path("/nonexistent"), max_in_flight=3,
+                              max_batch_size=1, max_wait_ms=0, timeout_ms=30_000)
+    with serve_in_thread(create_app(settings, models=[slow])) as url:
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=30,
+                                         limits=httpx.Limits(max_connections=20)) as client:
+                tasks = [asyncio.ensure_future(client.post("/v2/models/slow/infer",
+                                                           json=v2_body(ROWS[:1])))
+                         for _ in range(10)]
+                await asyncio.sleep(0.5)
+                slow.release.set()
+                return await asyncio.gather(*tasks)
+        responses = asyncio.run(scenario())
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 3 + [503] * 7
+    assert all("server busy" in r.json()["error"] and r.headers["retry-after"] == "1"
+               for r in responses if r.status_code == 503)

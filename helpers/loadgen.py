@@ -1,0 +1,242 @@
+"""A load generator that does not lie about latency.
+
+**Open loop** (``open_loop``): requests are *scheduled* at a target rate — evenly
+spaced or as a Poisson process — and sent on schedule whether or not earlier ones
+have returned, as real users do. Latency is measured from each request's
+*intended* send time (wrk2's method). If the server stalls for a second, every
+request scheduled during that second counts the stall; a closed-loop tester
+would instead wait politely and record one slow request — *coordinated omission*,
+which hides exactly the tail an SLO is about.
+
+**Closed loop** (``closed_loop``): N users, each sending its next request when the
+previous one returns. It measures capacity (throughput at a concurrency), not
+user-facing latency, and its results say so (``mode="closed"``).
+
+Requests during ``warmup_s`` run but are excluded. Results are a DataFrame, one
+row per request; ``summary()`` gives the achieved rate, percentiles and errors.
+
+    python -m helpers.loadgen --url http://127.0.0.1:8000 --rate 200 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from .metrics import LatencyRecorder
+
+__all__ = ["Request", "arrival_times", "open_loop", "closed_loop", "LoadResult", "v2_request"]
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    json: Any = None
+    headers: dict[str, str] | None = None
+
+
+def arrival_times(rate_per_s: float, duration_s: float, arrivals: str = "poisson",
+                  seed: int = 0) -> np.ndarray:
+    """Intended send times in seconds from the start, all below ``duration_s``."""
+    if not (rate_per_s > 0 and duration_s > 0):
+        raise ValueError(f"rate and duration must be positive, got {rate_per_s}, {duration_s}")
+    if arrivals == "constant":
+        return np.arange(int(np.ceil(rate_per_s * duration_s - 1e-9))) / rate_per_s
+    if arrivals == "poisson":
+        rng = np.random.default_rng(seed)
+        n_draw = int(rate_per_s * duration_s * 1.5) + 50  # enough gaps, with margin
+        times = np.cumsum(rng.exponential(1.0 / rate_per_s, n_draw))
+        while times[-1] < duration_s:  # astronomically rare: draw more
+            times = np.concatenate([times, times[-1] + np.cumsum(
+                rng.exponential(1.0 / rate_per_s, n_draw))])
+        return times[times < duration_s]
+    raise ValueError(f"arrivals must be 'poisson' or 'constant', got {arrivals!r}")
+
+
+@dataclass
+class LoadResult:
+    """One row per request: times in seconds from the start of the run."""
+
+    frame: pd.DataFrame
+    mode: str
+    duration_s: float
+    warmup_s: float
+    target_rate: float | None = None
+    users: int | None = None
+
+    @property
+    def measured(self) -> pd.DataFrame:
+        return self.frame[~self.frame["warmup"]]
+
+    def summary(self) -> dict[str, Any]:
+        """Achieved rate (answers/s until the last one came back), percentiles, errors.
+
+        ``p99_send_lag_ms`` is how late the generator itself sent requests. If it is
+        a sizeable share of the latencies, the *client* was the bottleneck (on a
+        small machine the generator competes with the server for the CPU), and the
+        latencies describe the pair, not the server alone.
+        """
+        m = self.measured
+        answered = m[m["status"] > 0]
+        window = max(float(m["done_s"].max()) - self.warmup_s, 1e-9) if len(m) else 1e-9
+        out: dict[str, Any] = {
+            "mode": self.mode, "target_rate": self.target_rate, "users": self.users,
+            "requests": len(m), "ok": int((m["status"] == 200).sum()),
+            "achieved_rate": float((m["status"] == 200).sum() / window),
+            "errors": {str(k): int(v) for k, v in
+                       m.loc[m["status"] != 200, "status"].value_counts().sort_index().items()},
+            "p99_send_lag_ms": float(np.percentile(m["sent_s"] - m["intended_s"], 99) * 1000)
+            if len(m) else 0.0,
+        }
+        if len(answered):
+            recorder = LatencyRecorder()
+            recorder.record_many(answered["latency_s"].to_numpy())
+            out.update(recorder.summary().as_dict())
+        return out
+
+    def summary_frame(self) -> pd.DataFrame:
+        s = self.summary()
+        errors = s.pop("errors")
+        return pd.DataFrame([{**s, "errors": ", ".join(f"{k}: {v}" for k, v in errors.items())
+                              or "none"}])
+
+
+async def _send(client: httpx.AsyncClient, request: Request) -> tuple[int, str, str]:
+    try:
+        response = await client.request(request.method, request.path, json=request.json,
+                                        headers=request.headers)
+        error = "" if response.status_code == 200 else response.text[:200]
+        return response.status_code, error, response.headers.get("x-model-version", "")
+    except httpx.HTTPError as exc:  # no answer at all: status 0, and say why
+        return 0, f"{type(exc).__name__}: {exc}", ""
+
+
+def _client(url: str | None, transport, max_connections: int, timeout_s: float):
+    return httpx.AsyncClient(base_url=url or "http://loadgen", transport=transport,
+                             timeout=timeout_s,
+                             limits=httpx.Limits(max_connections=max_connections,
+                                                 max_keepalive_connections=max_connections))
+
+
+async def open_loop(url: str | None, make_request: Callable[[int], Request], *,
+                    rate_per_s: float, duration_s: float, arrivals: str = "poisson",
+                    warmup_s: float = 0.0, seed: int = 0, max_connections: int = 1000,
+                    timeout_s: float = 30.0, transport=None, progress: bool = True) -> LoadResult:
+    """Send ``make_request(i)`` at the scheduled times; latency from the intended time."""
+    from tqdm.auto import tqdm
+
+    schedule = arrival_times(rate_per_s, duration_s, arrivals, seed)
+    rows: list[tuple] = [None] * len(schedule)
+    async with _client(url, transport, max_connections, timeout_s) as client:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        bar = tqdm(total=len(schedule), desc=f"open loop {rate_per_s:g}/s", disable=not progress)
+
+        async def one(i: int, intended: float) -> None:
+            sent = loop.time() - start
+            status, error, version = await _send(client, make_request(i))
+            done = loop.time() - start
+            rows[i] = (intended, sent, done, done - intended, done - sent, status, error, version)
+            bar.update()
+
+        tasks = []
+        for i, intended in enumerate(schedule):
+            delay = start + intended - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i, float(intended))))
+        await asyncio.gather(*tasks)
+        bar.close()
+    return LoadResult(_frame(rows, warmup_s), "open", duration_s, warmup_s, target_rate=rate_per_s)
+
+
+async def closed_loop(url: str | None, make_request: Callable[[int], Request], *, users: int,
+                      duration_s: float, warmup_s: float = 0.0, timeout_s: float = 30.0,
+                      transport=None, progress: bool = True) -> LoadResult:
+    """``users`` concurrent users, each sending again as soon as it has its answer."""
+    from tqdm.auto import tqdm
+
+    if users < 1:
+        raise ValueError(f"users must be >= 1, got {users}")
+    rows: list[tuple] = []
+    counter = iter(range(10**12))
+    async with _client(url, transport, users, timeout_s) as client:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        bar = tqdm(desc=f"closed loop, {users} users", unit="req", disable=not progress)
+
+        async def user() -> None:
+            while (sent := loop.time() - start) < duration_s:
+                status, error, version = await _send(client, make_request(next(counter)))
+                done = loop.time() - start
+                # closed loop: the next request waits for this one, so intended == sent
+                rows.append((sent, sent, done, done - sent, done - sent, status, error, version))
+                bar.update()
+
+        await asyncio.gather(*(user() for _ in range(users)))
+        bar.close()
+    return LoadResult(_frame(rows, warmup_s), "closed", duration_s, warmup_s, users=users)
+
+
+def _frame(rows: list[tuple], warmup_s: float) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["intended_s", "sent_s", "done_s", "latency_s",
+                                        "service_s", "status", "error", "version"])
+    frame["warmup"] = frame["intended_s"] < warmup_s
+    return frame.sort_values("intended_s", ignore_index=True)
+
+
+def v2_request(model: str, rows: np.ndarray, version: str | None = None,
+               routing_key: Callable[[int], str] | None = None) -> Callable[[int], Request]:
+    """Request ``i`` sends row ``i % len(rows)`` to ``model``'s v2 infer endpoint."""
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    bodies = [{"inputs": [{"name": "process_features", "shape": [1, rows.shape[1]],
+                           "datatype": "FP32", "data": row.tolist()}]} for row in rows]
+
+    def make(i: int) -> Request:
+        headers = {"x-routing-key": routing_key(i)} if routing_key else None
+        return Request("POST", path, bodies[i % len(bodies)], headers)
+
+    return make
+
+
+def main(argv: list[str] | None = None) -> None:
+    from . import data
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.loadgen", description=(
+        "Load-test a helpers.server (v2 infer with synthetic wafer records)."))
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--model", default="wafer-mlp")
+    parser.add_argument("--version", default=None)
+    parser.add_argument("--mode", choices=["open", "closed"], default="open")
+    parser.add_argument("--rate", type=float, default=100.0, help="open loop: requests/s")
+    parser.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson")
+    parser.add_argument("--users", type=int, default=8, help="closed loop: concurrent users")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds excluded")
+    parser.add_argument("--csv", default=None, help="write every request to this CSV")
+    args = parser.parse_args(argv)
+    rows = data.feature_matrix(data.make_wafer_records(1000, seed=123))
+    make = v2_request(args.model, rows, args.version)
+    if args.mode == "open":
+        result = asyncio.run(open_loop(args.url, make, rate_per_s=args.rate,
+                                       duration_s=args.duration, arrivals=args.arrivals,
+                                       warmup_s=args.warmup))
+    else:
+        result = asyncio.run(closed_loop(args.url, make, users=args.users,
+                                         duration_s=args.duration, warmup_s=args.warmup))
+    print(result.summary_frame().T.to_string(header=False))
+    if args.csv:
+        result.frame.to_csv(args.csv, index=False)
+        print(f"wrote {len(result.frame)} requests to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

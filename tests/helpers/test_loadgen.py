@@ -1,0 +1,106 @@
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from helpers.loadgen import Request, arrival_times, closed_loop, open_loop, v2_request
+
+
+def test_constant_arrivals_are_evenly_spaced():
+    times = arrival_times(200, 0.5, "constant")
+    assert len(times) == 100 and times[0] == 0
+    np.testing.assert_allclose(np.diff(times), 0.005)
+
+
+def test_poisson_arrivals_have_the_target_rate_and_are_reproducible():
+    times = arrival_times(1000, 20, "poisson", seed=1)
+    assert len(times) == pytest.approx(20_000, rel=0.03)
+    gaps = np.diff(times)
+    assert gaps.mean() == pytest.approx(0.001, rel=0.03)
+    assert gaps.std() == pytest.approx(0.001, rel=0.05)  # exponential: std == mean
+    np.testing.assert_array_equal(times, arrival_times(1000, 20, "poisson", seed=1))
+    assert (times < 20).all()
+
+
+def test_bad_schedules_are_refused():
+    with pytest.raises(ValueError, match="positive"):
+        arrival_times(0, 1)
+    with pytest.raises(ValueError, match="'bursty'"):
+        arrival_times(10, 1, "bursty")
+
+
+def stalling_transport(stall_s=0.3, stall_at_request=5, status_for=lambda i: 200):
+    """A fake server: answers at once, except request number `stall_at_request` holds
+    the only 'worker' for `stall_s`, so everything behind it waits (a GC pause)."""
+    worker = asyncio.Lock()
+    seen = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal seen
+        seen += 1
+        me = seen
+        async with worker:
+            if me == stall_at_request:
+                await asyncio.sleep(stall_s)
+        return httpx.Response(status_for(me), headers={"x-model-version": "1"})
+
+    return httpx.MockTransport(handler)
+
+
+def request(i):
+    return Request("POST", "/v2/models/m/infer", {"i": i})
+
+
+def test_open_loop_counts_the_stall_for_every_request_scheduled_during_it():
+    result = asyncio.run(open_loop(None, request, rate_per_s=100, duration_s=1.0,
+                                   arrivals="constant", transport=stalling_transport(),
+                                   progress=False))
+    frame = result.frame
+    assert len(frame) == 100 and (frame["status"] == 200).all()
+    # ~30 requests were scheduled during the 0.3 s stall and each waited for it.
+    assert (frame["latency_s"] > 0.1).sum() >= 15
+    assert result.summary()["p99_ms"] > 100
+
+
+def test_closed_loop_hides_the_same_stall():
+    result = asyncio.run(closed_loop(None, request, users=1, duration_s=1.0,
+                                     transport=stalling_transport(), progress=False))
+    assert result.mode == "closed" and len(result.frame) > 100
+    assert (result.frame["latency_s"] > 0.1).sum() == 1  # coordinated omission
+
+
+def test_warmup_is_excluded_and_errors_are_counted_by_status():
+    transport = stalling_transport(stall_s=0, status_for=lambda i: 503 if i % 4 == 0 else 200)
+    result = asyncio.run(open_loop(None, request, rate_per_s=200, duration_s=0.5,
+                                   arrivals="constant", warmup_s=0.1, transport=transport,
+                                   progress=False))
+    summary = result.summary()
+    assert len(result.frame) == 100 and summary["requests"] == 80
+    assert summary["errors"] == {"503": int((result.measured["status"] == 503).sum())}
+    assert summary["ok"] + summary["errors"]["503"] == 80
+    window = result.measured["done_s"].max() - 0.1
+    assert summary["achieved_rate"] == pytest.approx(summary["ok"] / window)
+    assert 0 <= summary["p99_send_lag_ms"] < 1000
+    assert set(result.frame["version"]) == {"1"}
+
+
+def test_unanswered_requests_are_status_0_with_the_reason():
+    async def refuse(request):
+        raise httpx.ConnectError("connection refused")
+
+    result = asyncio.run(open_loop(None, request, rate_per_s=50, duration_s=0.1,
+                                   arrivals="constant", transport=httpx.MockTransport(refuse),
+                                   progress=False))
+    assert (result.frame["status"] == 0).all()
+    assert result.frame["error"].str.contains("refused").all()
+    assert result.summary()["errors"] == {"0": 5}
+
+
+def test_v2_request_cycles_rows_and_sets_routing_keys():
+    rows = np.arange(16, dtype=np.float32).reshape(2, 8)
+    make = v2_request("wafer-mlp", rows, version="2", routing_key=lambda i: f"tool-{i % 3}")
+    first, third = make(0), make(2)
+    assert first.path == "/v2/models/wafer-mlp/versions/2/infer"
+    assert first.json == third.json and first.json["inputs"][0]["data"] == list(range(8))
+    assert make(1).headers == {"x-routing-key": "tool-1"}

@@ -121,6 +121,18 @@ class WaferMLP(nn.Module):
         # x: (B, F) raw features -> (B,) defect logits
         return self.net((x - self.mean) / self.std).squeeze(-1)
 
+    # What the repository needs to save and rebuild this module (every torch model
+    # of the course has these three):
+    def architecture(self) -> dict[str, Any]:
+        return {"class": "WaferMLP", "n_features": self.mean.numel(),
+                "hidden": self.net[0].out_features}
+
+    def io_specs(self) -> dict[str, Any]:
+        return _process_io_specs(self.mean.numel())
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(x))  # (B,)
+
 
 # -- the repository ------------------------------------------------------------------
 def default_repository() -> Path:
@@ -183,7 +195,8 @@ def _write_version(
     return final
 
 
-def _io_specs(n_features: int) -> dict[str, Any]:
+def _process_io_specs(n_features: int) -> dict[str, Any]:
+    """Inputs and outputs of every wafer-process classifier, torch or scikit-learn."""
     return {
         "inputs": [TensorSpec("process_features", "FP32", [-1, n_features])],
         "outputs": [TensorSpec("defect_probability", "FP32", [-1])],
@@ -191,16 +204,24 @@ def _io_specs(n_features: int) -> dict[str, Any]:
     }
 
 
-def save_torch_model(model: WaferMLP, name: str, version: int,
+def save_torch_model(model: nn.Module, name: str, version: int,
                      repository: str | Path | None = None, training: dict | None = None) -> Path:
-    n_features = model.mean.numel()
-    hidden = model.net[0].out_features
+    """Save a course torch module (one with ``architecture``, ``io_specs``, ``probabilities``)."""
     return _write_version(
         _repo(repository), name, version, TORCH_PLATFORM,
         lambda path: torch.save(model.state_dict(), path),
-        architecture={"class": "WaferMLP", "n_features": n_features, "hidden": hidden},
-        training=training or {}, **_io_specs(n_features),
+        architecture=model.architecture(), training=training or {}, **model.io_specs(),
     )
+
+
+def _torch_class(name: str) -> type[nn.Module]:
+    """The module class a config names (imported lazily: nothing happens on import)."""
+    if name == "WaferMLP":
+        return WaferMLP
+    if name == "WaferMapCNN":
+        from .wafermaps import WaferMapCNN
+        return WaferMapCNN
+    raise ModelFormatError(f"unknown torch architecture {name!r}")
 
 
 def save_sklearn_model(estimator: Any, name: str, version: int,
@@ -212,7 +233,7 @@ def save_sklearn_model(estimator: Any, name: str, version: int,
         _repo(repository), name, version, SKLEARN_PLATFORM,
         lambda path: joblib.dump(estimator, path),
         architecture={"class": type(estimator).__name__, "params": estimator.get_params()},
-        training=training or {}, **_io_specs(n_features),
+        training=training or {}, **_process_io_specs(n_features),
     )
 
 
@@ -230,14 +251,16 @@ class LoadedModel:
         return self.config.inputs[0].shape[1]
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """``(B, ...)`` float32 input as the config's first input says -> ``(B, ...)``."""
         x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise ValueError(
-                f"{self.config.name} expects input of shape (batch, {self.n_features}), "
-                f"got {x.shape}"
-            )
+        want = self.config.inputs[0].shape
+        if x.ndim != len(want) or any(w not in (-1, g) for w, g in zip(want, x.shape, strict=True)):
+            shape = ", ".join("batch" if w == -1 else str(w) for w in want)
+            raise ValueError(f"{self.config.name} expects input of shape ({shape}), "
+                             f"got {x.shape}")
         if x.shape[0] == 0:
-            return np.empty(0, dtype=np.float32)
+            out = self.config.outputs[0].shape[1:]
+            return np.empty((0, *out), dtype=np.float32)
         return self._predict(x)
 
     def __repr__(self) -> str:
@@ -280,23 +303,25 @@ def _checked_weights(root: Path, folder: Path, config: ModelConfig) -> Path:
 
 
 def _load_torch(config: ModelConfig, weights: Path, device: torch.device):
+    arch = dict(config.architecture)
+    cls = _torch_class(arch.pop("class", ""))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        arch = config.architecture
-        module = WaferMLP(arch["n_features"], arch["hidden"])
+        module = cls(**arch)
         module.load_state_dict(state)
     except Exception as exc:  # a pickle of something else, a truncated file, wrong keys
         raise ModelFormatError(
-            f"{weights} is not a WaferMLP state dict as its config says ({exc})"
+            f"{weights} is not a {cls.__name__} state dict as its config says ({exc})"
         ) from exc
     module = module.to(device).eval()
 
     def predict(x: np.ndarray) -> np.ndarray:
+        # Assemble on the host; pinned memory lets the copy to the GPU overlap.
         batch = torch.from_numpy(x)
-        if device.type == "cuda":  # pinned host memory lets the copy overlap
+        if device.type == "cuda":
             batch = batch.pin_memory()
         with torch.inference_mode():
-            probs = torch.sigmoid(module(batch.to(device, non_blocking=True)))
+            probs = module.probabilities(batch.to(device, non_blocking=True))
         return probs.float().cpu().numpy()
 
     return predict

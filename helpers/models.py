@@ -408,10 +408,12 @@ def train_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 8,
 
 
 def train_wafer_models(repository: str | Path | None = None, n_rows: int | None = None,
-                       seed: int = 0, force: bool = False) -> dict[str, Path]:
-    """Train ``wafer-forest`` v1 and ``wafer-mlp`` v1 and v2 from the synthetic records.
+                       seed: int = 0, force: bool = False,
+                       names: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Train ``wafer-forest`` v1, ``wafer-mlp`` v1 and v2 and the ``wafer-cnn`` v1.
 
-    Existing versions are kept unless ``force``. Returns ``{"name/version": folder}``.
+    Existing versions are kept unless ``force``; ``names`` limits which models are
+    trained (default: all). Returns ``{"name/version": folder}``.
     """
     root = _repo(repository)
     # Same size in every profile: CI and students grade against the same models.
@@ -429,9 +431,12 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
                                             hidden=64, epochs=8),
         ("wafer-mlp", 2): lambda: _save_mlp(root, 2, x_train, y_train, x_val, y_val, seed, info,
                                             hidden=128, epochs=12),
+        ("wafer-cnn", 1): lambda: _save_cnn(root, seed),
     }
     written = {}
     for (name, version), train in trainers.items():
+        if names is not None and name not in names:
+            continue
         label = f"{name}/{version}"
         if version in list_versions(name, root):
             if not force:
@@ -457,6 +462,15 @@ def _save_mlp(root, version, x_train, y_train, x_val, y_val, seed, info, hidden,
         metrics = _evaluate(lambda v: torch.sigmoid(mlp(torch.from_numpy(v))).numpy(), x_val, y_val)
     return save_torch_model(mlp, "wafer-mlp", version, root, {
         **info, **metrics, "train_seconds": round(time.perf_counter() - start, 2)})
+
+
+def _save_cnn(root, seed) -> Path:
+    from .wafermaps import train_wafer_cnn
+
+    start = time.perf_counter()
+    cnn, info = train_wafer_cnn(seed=seed)
+    return save_torch_model(cnn, "wafer-cnn", 1, root,
+                            {**info, "train_seconds": round(time.perf_counter() - start, 2)})
 
 
 def ensure_wafer_models(repository: str | Path | None = None) -> dict[str, Path]:

@@ -11,7 +11,7 @@ from helpers import data, models
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    models.train_wafer_models(root, n_rows=8000)
+    models.train_wafer_models(root, n_rows=8000, names=("wafer-forest", "wafer-mlp"))
     return root
 
 
@@ -124,7 +124,7 @@ def test_the_two_mlp_versions_differ(repo):
 
 def test_training_skips_existing_versions(repo):
     before = (repo / "wafer-mlp" / "1" / "config.json").read_text()
-    models.train_wafer_models(repo, n_rows=1000)
+    models.train_wafer_models(repo, n_rows=1000, names=("wafer-forest", "wafer-mlp"))
     assert (repo / "wafer-mlp" / "1" / "config.json").read_text() == before
 
 

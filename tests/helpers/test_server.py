@@ -24,7 +24,7 @@ ROWS = data.feature_matrix(RECORDS)
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("served-models")
-    models.train_wafer_models(root, n_rows=4000)
+    models.train_wafer_models(root, n_rows=4000, names=("wafer-forest", "wafer-mlp"))
     return root
 
 

@@ -153,8 +153,8 @@ class ModelRegistry:
             model = await asyncio.to_thread(load_model, served.name, served.version,
                                             self.repository, self.device)
             # Warm-up: the first call pays for lazy initialisation; no request should.
-            width = model.config.inputs[0].shape[-1]
-            await asyncio.to_thread(model.predict_proba, np.zeros((1, width), np.float32))
+            shape = [1 if d == -1 else d for d in model.config.inputs[0].shape]
+            await asyncio.to_thread(model.predict_proba, np.zeros(shape, np.float32))
         except Exception as exc:  # a broken version must not take the server down
             served.state, served.reason = State.UNAVAILABLE, f"load failed: {exc}"
             return

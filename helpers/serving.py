@@ -41,7 +41,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_until_ready(url: str, timeout_s: float = 120.0, alive=lambda: True) -> None:
-    """Poll ``url + /v2/health/ready`` until it answers 200; raise if ``alive()`` turns false."""
+    """Poll ``url + /v2/health/ready`` until it answers 200.
+
+    Raises at once if ``alive()`` turns false or a model failed to load (the
+    repository index says why), rather than waiting out the timeout.
+    """
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2.0) as client:
         while True:
@@ -50,6 +54,11 @@ def wait_until_ready(url: str, timeout_s: float = 120.0, alive=lambda: True) -> 
             try:
                 if client.get(url + READY_PATH).status_code == 200:
                     return
+                failed = [f"{row['name']} v{row['version']}: {row['reason']}"
+                          for row in client.post(url + "/v2/repository/index").json()
+                          if row["reason"].startswith("load failed")]
+                if failed:
+                    raise RuntimeError(f"the server at {url} cannot get ready: {failed}")
             except httpx.TransportError:
                 pass  # not listening yet
             if time.monotonic() > deadline:

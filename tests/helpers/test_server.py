@@ -284,3 +284,14 @@ def test_requests_over_the_in_flight_limit_are_shed_at_the_door():
     assert codes == [200] * 3 + [503] * 7
     assert all("server busy" in r.json()["error"] and r.headers["retry-after"] == "1"
                for r in responses if r.status_code == 503)
+
+
+def test_a_model_that_fails_to_load_is_reported_at_once(tmp_path):
+    from helpers.serving import serve_in_thread as serve
+
+    folder = models.save_torch_model(models.WaferMLP(), "broken", 1, tmp_path)
+    (folder / "model.pt").write_bytes(b"not a checkpoint")  # breaks the recorded hash
+    app = create_app(ServerSettings(repository=tmp_path, device="cpu"))
+    with pytest.raises(RuntimeError, match="broken v1: load failed.*SHA-256"):
+        with serve(app, timeout_s=60):
+            pass

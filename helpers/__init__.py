@@ -16,6 +16,10 @@ Modules (one concept each):
 - ``plots``     the course's standard charts (the only module importing matplotlib)
 - ``batching``  ``BatchPolicy`` (when to cut a batch) and the asyncio ``DynamicBatcher``
 - ``cache``     TTL + LRU prediction cache with content-hashed keys and request coalescing
+- ``bucketing`` padding waste and length buckets for variable-length inputs
+- ``wafermaps`` synthesised wafer maps and the defect-pattern CNN
+- ``embedder``  the engineer-note embedder (all-MiniLM-L6-v2, offline)
+- ``loadgen``   open- and closed-loop load generation; ``python -m helpers.loadgen``
 - ``protocol``  Open Inference Protocol (v2) bodies and tensor checks
 - ``routing``   weighted, sticky traffic splits between model versions (A/B)
 - ``registry``  the versions a server serves, their states and batchers
@@ -26,6 +30,7 @@ Modules (one concept each):
 
 __all__ = [
     "settings", "device", "data", "metrics", "memory", "models", "plots", "batching", "cache",
-    "protocol", "routing", "registry", "jobs", "server", "serving",
+    "protocol", "routing", "registry", "jobs", "server", "serving", "bucketing", "wafermaps",
+    "embedder", "loadgen",
 ]
 __version__ = "0.1.0"

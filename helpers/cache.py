@@ -31,6 +31,8 @@ __all__ = ["cache_key", "CacheStats", "TTLCache", "CoalescingCache"]
 
 
 def _canonical_bytes(inputs: Any) -> bytes:
+    if isinstance(inputs, np.ndarray) and inputs.dtype == object:  # texts: hash the values
+        return f"objects|{inputs.shape}|".encode() + _canonical_bytes(inputs.tolist())
     if isinstance(inputs, np.ndarray):
         array = np.ascontiguousarray(inputs)
         header = f"ndarray|{array.dtype.str}|{array.shape}|".encode()

@@ -44,6 +44,7 @@ __all__ = [
     "feature_matrix",
     "defect_logit",
     "defect_probability",
+    "make_engineer_notes",
 ]
 
 # Process features in the order models expect them.
@@ -195,3 +196,42 @@ def feature_matrix(df: pd.DataFrame) -> np.ndarray:
     if missing:
         raise KeyError(f"records lack the feature column(s) {missing}")
     return np.ascontiguousarray(df[FEATURES].to_numpy(dtype=np.float32))
+
+
+# -- engineer notes: free text of very different lengths --------------------------------
+_NOTE_OPENERS = [
+    "ok", "no issues", "PM done", "chamber seasoned", "lot held for review",
+    "alarm cleared", "particle excursion", "pressure drift observed", "recipe updated",
+]
+_NOTE_DETAILS = [
+    "pump {tool} showed rising vibration after {hours} hours since the last clean",
+    "wafer slot {slot} had edge chipping, inspection flagged an edge-ring pattern",
+    "operator reset the RF generator on {tool} and re-ran the seasoning wafers",
+    "particle counts doubled during the gas line purge, filters replaced",
+    "temperature controller oscillated by {delta} degrees before settling",
+    "humidity in bay 4 exceeded {rh} percent during the afternoon shift",
+    "endpoint detection triggered late, etch depth measured {depth} nm over target",
+    "spare part on order, tool {tool} running at reduced throughput until delivery",
+]
+
+
+def make_engineer_notes(n: int, seed: int = 0) -> list[str]:
+    """``n`` shift notes, deterministic, from two words to a long incident report.
+
+    Real notes have a long-tailed length distribution: most are short, a few run
+    to paragraphs. That is what makes padding to the longest note in a batch
+    wasteful, and bucketing by length worth it.
+    """
+    n = _check_rows(n)
+    rng = np.random.default_rng([seed, 7])
+    notes = []
+    for _ in range(n):
+        details = min(int(rng.geometric(0.35)) - 1, 12)  # 0 details most often, up to 12
+        parts = [str(rng.choice(_NOTE_OPENERS))]
+        for _ in range(details):
+            parts.append(str(rng.choice(_NOTE_DETAILS)).format(
+                tool=f"ETCH-{rng.integers(1, N_TOOLS + 1):02d}", hours=int(rng.integers(20, 500)),
+                slot=int(rng.integers(1, 26)), delta=round(float(rng.uniform(0.5, 4)), 1),
+                rh=int(rng.integers(44, 60)), depth=int(rng.integers(3, 40))))
+        notes.append(". ".join(parts))
+    return notes

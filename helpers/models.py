@@ -50,11 +50,15 @@ __all__ = [
     "load_model",
     "train_wafer_models",
     "ensure_wafer_models",
+    "write_embedder_entry",
 ]
 
 CONFIG_FILE = "config.json"
 TORCH_PLATFORM = "pytorch_state_dict"
 SKLEARN_PLATFORM = "sklearn_joblib"
+# Weights that live in an installed package (the MiniLM embedder): safetensors,
+# which hold tensors only, so loading them cannot run code.
+PACKAGE_PLATFORM = "transformers_package"
 _WEIGHTS_FILE = {TORCH_PLATFORM: "model.pt", SKLEARN_PLATFORM: "model.joblib"}
 
 
@@ -239,7 +243,7 @@ def save_sklearn_model(estimator: Any, name: str, version: int,
 
 # -- loading -------------------------------------------------------------------------
 class LoadedModel:
-    """A model ready to serve: ``predict_proba((B, F) float32) -> (B,) float32``."""
+    """A model ready to serve: ``predict((B, ...) float32) -> (B, ...) float32``."""
 
     def __init__(self, config: ModelConfig, predict, device: torch.device) -> None:
         self.config = config
@@ -250,7 +254,7 @@ class LoadedModel:
     def n_features(self) -> int:
         return self.config.inputs[0].shape[1]
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray) -> np.ndarray:
         """``(B, ...)`` float32 input as the config's first input says -> ``(B, ...)``."""
         x = np.asarray(x, dtype=np.float32)
         want = self.config.inputs[0].shape
@@ -262,6 +266,9 @@ class LoadedModel:
             out = self.config.outputs[0].shape[1:]
             return np.empty((0, *out), dtype=np.float32)
         return self._predict(x)
+
+    # The course's classifiers output probabilities; scikit-learn users expect this name.
+    predict_proba = predict
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.config.name!r}, version={self.config.version}, "
@@ -361,6 +368,8 @@ def load_model(name: str, version: int | str | None = None,
         raise ModelFormatError(
             f"{folder / CONFIG_FILE} is not a valid model config ({exc})"
         ) from exc
+    if config.platform == PACKAGE_PLATFORM:
+        return _load_package_model(config, device)
     weights = _checked_weights(root, folder, config)
     if config.platform == TORCH_PLATFORM:
         device = torch.device(device) if device is not None else pick_device()
@@ -368,6 +377,38 @@ def load_model(name: str, version: int | str | None = None,
     if config.platform == SKLEARN_PLATFORM:
         return LoadedModel(config, _load_sklearn(config, weights), torch.device("cpu"))
     raise ModelFormatError(f"{folder} has unknown platform {config.platform!r}")
+
+
+def _load_package_model(config: ModelConfig, device) -> Any:
+    from .embedder import NoteEmbedder, model_folder
+
+    weights = model_folder() / config.weights_file
+    if not weights.is_file() or _sha256(weights) != config.weights_sha256:
+        raise ModelFormatError(f"{weights} is missing or differs from the SHA-256 recorded in "
+                               f"{config.name}'s config.json; reinstall with make setup")
+    return NoteEmbedder(device or pick_device(), version=config.version)
+
+
+def write_embedder_entry(repository: str | Path | None = None) -> Path:
+    """Record the installed MiniLM package as ``note-embedder`` version 1 (no copy)."""
+    from .embedder import EMBEDDING_DIM, PACKAGE, model_folder
+
+    root = _repo(repository)
+    final = root / "note-embedder" / "1"
+    if (final / CONFIG_FILE).is_file():
+        return final
+    weights = model_folder() / "model.safetensors"
+    config = ModelConfig(
+        name="note-embedder", version=1, platform=PACKAGE_PLATFORM,
+        inputs=[TensorSpec("text", "BYTES", [-1])],
+        outputs=[TensorSpec("embedding", "FP32", [-1, EMBEDDING_DIM])],
+        weights_file=weights.name, weights_sha256=_sha256(weights),
+        architecture={"package": PACKAGE, "model": "all-MiniLM-L6-v2", "pooling": "mean"})
+    final.mkdir(parents=True, exist_ok=True)
+    tmp = final / (CONFIG_FILE + ".partial")
+    tmp.write_text(config.to_json())
+    tmp.replace(final / CONFIG_FILE)
+    return final
 
 
 # -- training ------------------------------------------------------------------------
@@ -434,6 +475,8 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
         ("wafer-cnn", 1): lambda: _save_cnn(root, seed),
     }
     written = {}
+    if names is None or "note-embedder" in names:
+        written["note-embedder/1"] = write_embedder_entry(root)
     for (name, version), train in trainers.items():
         if names is not None and name not in names:
             continue

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .batching import BatchPolicy, DynamicBatcher
+from .bucketing import BucketedBatcher
 from .metrics import ServingMetrics
 from .models import ModelNotFoundError, list_models, list_versions, load_model
 
@@ -43,8 +44,13 @@ class NotReadyError(RuntimeError):
 class Work:
     """One request's rows, as the batcher carries them."""
 
-    rows: np.ndarray  # (n, F)
+    rows: np.ndarray  # (n, ...): what the model's predict takes, one entry per row
     submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def length(self) -> int:
+        """Longest row, for models whose rows are sequences (token ids)."""
+        return max((len(r) for r in self.rows), default=0)
 
 
 @dataclass
@@ -52,16 +58,18 @@ class ServedVersion:
     name: str
     version: str
     state: State
-    model: Any = None  # anything with .config and .predict_proba((B, F)) -> (B,)
+    model: Any = None  # anything with .config and .predict((B, ...)) -> (B, ...)
     batcher: DynamicBatcher | None = None
     reason: str = ""
 
 
 class ModelRegistry:
     def __init__(self, repository: Path | None, policy: BatchPolicy, *, max_queue: int,
-                 workers: int, metrics: ServingMetrics, device: str | None = None) -> None:
+                 workers: int, metrics: ServingMetrics, device: str | None = None,
+                 buckets: tuple[int, ...] = ()) -> None:
         self.repository = repository
         self.policy = policy
+        self.buckets = buckets  # length bucket bounds for sequence models; () = no bucketing
         self.max_queue = max_queue
         self.workers = workers
         self.metrics = metrics
@@ -154,7 +162,9 @@ class ModelRegistry:
                                             self.repository, self.device)
             # Warm-up: the first call pays for lazy initialisation; no request should.
             shape = [1 if d == -1 else d for d in model.config.inputs[0].shape]
-            await asyncio.to_thread(model.predict_proba, np.zeros(shape, np.float32))
+            warm = np.array(["warm-up"], dtype=object) if model.config.inputs[0].datatype \
+                == "BYTES" else np.zeros(shape, np.float32)
+            await asyncio.to_thread(model.predict, self.work(model, warm).rows)
         except Exception as exc:  # a broken version must not take the server down
             served.state, served.reason = State.UNAVAILABLE, f"load failed: {exc}"
             return
@@ -175,7 +185,13 @@ class ModelRegistry:
                                for s in versions.values() if s.batcher))
 
     # -- the batch function ------------------------------------------------------------
-    def _batcher(self, name: str, version: str, model: Any) -> DynamicBatcher:
+    @staticmethod
+    def work(model: Any, rows: np.ndarray) -> Work:
+        """Wrap a request's rows; a model with ``prepare`` (a tokeniser) converts them once."""
+        prepare = getattr(model, "prepare", None)
+        return Work(prepare(rows) if prepare is not None else rows)
+
+    def _batcher(self, name: str, version: str, model: Any) -> DynamicBatcher | BucketedBatcher:
         labels = {"model": name, "version": version}
         queue_duration = self.metrics.queue_duration.labels(**labels)
         compute_duration = self.metrics.compute_duration.labels(**labels)
@@ -185,12 +201,16 @@ class ModelRegistry:
             start = time.perf_counter()
             for work in items:
                 queue_duration.observe(start - work.submitted)
-            rows = np.concatenate([w.rows for w in items])  # (sum n_i, F), one model call
-            probs = np.asarray(model.predict_proba(rows))
+            rows = np.concatenate([w.rows for w in items])  # (sum n_i, ...), one model call
+            probs = np.asarray(model.predict(rows))
             compute_duration.observe(time.perf_counter() - start)
             batch_size.observe(len(rows))
             bounds = np.cumsum([len(w.rows) for w in items])[:-1]
             return np.split(probs, bounds)
 
+        if self.buckets and hasattr(model, "prepare"):  # sequences: batch similar lengths
+            return BucketedBatcher(predict_batch, self.policy, self.buckets,
+                                   lambda work: work.length, max_queue=self.max_queue,
+                                   workers=self.workers)
         return DynamicBatcher(predict_batch, self.policy, max_queue=self.max_queue,
                               workers=self.workers)

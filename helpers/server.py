@@ -53,7 +53,7 @@ from .protocol import (
     decode_inputs,
     encode_tensor,
 )
-from .registry import ModelRegistry, NotReadyError, ServedVersion, Work
+from .registry import ModelRegistry, NotReadyError, ServedVersion
 from .routing import TrafficSplit
 
 __all__ = ["ServerSettings", "create_app", "features_to_rows", "main"]
@@ -75,6 +75,7 @@ class ServerSettings:
     max_queue: int = 256            # bounded: overload answers 503 instead of queueing forever
     max_in_flight: int = 512        # HTTP requests being handled at once; more get 503 at the door
     workers: int = 1                # model threads per version
+    buckets: tuple[int, ...] = ()   # token-length bucket bounds for text models, e.g. (16, 32, 64)
     timeout_ms: float = 2000.0      # default deadline: nothing waits forever
     max_body_bytes: int = 1 << 20   # 1 MiB: ~40,000 wafer records in one body
     max_records: int = 10_000       # per /predict/batch, /predict/stream or job request
@@ -102,6 +103,8 @@ def _parse_setting(name: str, raw: str) -> Any:
         return Path(raw)
     if name == "models":
         return tuple(m.strip() for m in raw.split(",") if m.strip())
+    if name == "buckets":
+        return tuple(int(b) for b in raw.split(",") if b.strip())
     if name == "splits":  # "wafer-mlp=1:0.9,2:0.1;other=1:1"
         return dict(part.split("=", 1) for part in raw.split(";") if part.strip())
     if name in ("default_model", "device"):
@@ -235,7 +238,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
     policy = BatchPolicy(settings.max_batch_size, settings.max_wait_ms / 1000)
     registry = ModelRegistry(repository if repository.is_dir() else None, policy,
                              max_queue=settings.max_queue, workers=settings.workers,
-                             metrics=metrics, device=settings.device)
+                             metrics=metrics, device=settings.device, buckets=settings.buckets)
     if cache is None and settings.cache_entries > 0:
         from .cache import TTLCache
         cache = TTLCache(settings.cache_entries, settings.cache_ttl_s)
@@ -295,7 +298,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
             if found:
                 return value
         try:
-            result = await served.batcher.submit(Work(rows), timeout_s=timeout_s)
+            result = await served.batcher.submit(registry.work(served.model, rows),
+                                                 timeout_s=timeout_s)
         except (QueueFullError, DeadlineExceededError, BatcherClosedError):
             raise
         except Exception as exc:  # the model raised for this batch

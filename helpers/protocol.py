@@ -123,28 +123,62 @@ def decode_tensor(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
             want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)):
         raise ProtocolError(f"input '{name}': shape {shape} does not fit the model's "
                             f"{spec.shape} (-1 means any size)")
-    flat = _flatten(tensor.data, name)
     expected = math.prod(shape)
-    if len(flat) != expected:
-        raise ProtocolError(f"input '{name}': shape {shape} needs {expected} values, "
-                            f"data has {len(flat)}")
     if tensor.datatype == "BYTES":
+        flat = _flatten(tensor.data, name)
+        if len(flat) != expected:
+            raise ProtocolError(f"input '{name}': shape {shape} needs {expected} values, "
+                                f"data has {len(flat)}")
         if not all(isinstance(v, str) for v in flat):
             raise ProtocolError(f"input '{name}': BYTES data must be strings")
         return np.array(flat, dtype=object).reshape(shape)
-    if any(isinstance(v, (str, dict)) or v is None for v in flat):
-        bad = next(v for v in flat if isinstance(v, (str, dict)) or v is None)
-        raise ProtocolError(f"input '{name}': {bad!r} is not a number")
     try:
-        array = np.asarray(flat, dtype=DATATYPES[tensor.datatype])
-    except (TypeError, ValueError, OverflowError) as exc:
+        array = _numeric_array(tensor.data, tensor.datatype)
+    except ValueError as exc:
         raise ProtocolError(f"input '{name}': cannot read data as {tensor.datatype} ({exc})") \
             from None
+    if array is None:  # the fast path refused: walk the values to say which one is wrong
+        flat = _flatten(tensor.data, name)
+        bad = [v for v in flat if isinstance(v, (str, dict, bool)) or v is None]
+        if bad:
+            raise ProtocolError(f"input '{name}': {bad[0]!r} is not a number")
+        if len(flat) == expected:
+            raise ProtocolError(f"input '{name}': cannot read data as {tensor.datatype}")
+        array = np.zeros(len(flat))  # ragged nesting: the count check below names it
+    if array.size != expected:
+        raise ProtocolError(f"input '{name}': shape {shape} needs {expected} values, "
+                            f"data has {array.size}")
+    flat = array.ravel()
     if tensor.datatype in _FLOATS and array.size and not np.isfinite(array).all():
-        index = int(np.flatnonzero(~np.isfinite(array))[0])
+        index = int(np.flatnonzero(~np.isfinite(flat))[0])
         raise ProtocolError(f"input '{name}': value {flat[index]!r} at flat index {index} is "
                             "not finite (NaN or infinity)")
     return array.reshape(shape)
+
+
+def _numeric_array(data: list[Any], datatype: str) -> np.ndarray | None:
+    """One C-speed conversion of flat or regularly nested numbers; None if it cannot be.
+
+    A 32x32 wafer map is 1,024 numbers: walking them in Python would cost more
+    than the model. Strings, None and ragged nesting make NumPy refuse (or give
+    an object array), and the caller then looks for the culprit value by value.
+    """
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError):
+        return None
+    if raw.dtype.kind not in "biuf" or (raw.dtype.kind == "b") != (datatype == "BOOL"):
+        return None
+    if datatype != "BOOL" and any(isinstance(v, bool) for v in data):
+        return None  # NumPy would quietly read true as 1; refuse it by name instead
+    try:
+        with np.errstate(over="raise", invalid="ignore"):
+            array = raw.astype(DATATYPES[datatype])
+    except (FloatingPointError, OverflowError):
+        raise ValueError("values out of range") from None
+    if raw.dtype.kind in "iu" and array.dtype.kind in "iu" and not np.array_equal(array, raw):
+        raise ValueError("values out of range")
+    return array.ravel()
 
 
 def decode_inputs(request: InferenceRequest, specs: list[TensorSpec]) -> dict[str, np.ndarray]:

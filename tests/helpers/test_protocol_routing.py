@@ -42,6 +42,9 @@ def test_flat_and_nested_data_decode_to_the_same_array():
     ({"data": [1, 2, 3, 4, 5, None]}, "None is not a number"),
     ({"data": [1, 2, 3, 4, 5, float("nan")]}, "not finite"),
     ({"data": [1, 2, 3, 4, 5, float("inf")]}, "flat index 5"),
+    ({"data": [[1, 2, 3], [4, 5]]}, "needs 6 values, data has 5"),
+    ({"data": [True, 2, 3, 4, 5, 6]}, "True is not a number"),
+    ({"datatype": "FP16", "data": [1, 2, 3, 4, 5, 1e6]}, "FP16 does not match"),
 ])
 def test_bad_tensors_are_refused_naming_the_problem(overrides, message):
     with pytest.raises(ProtocolError, match=message) as info:
@@ -53,6 +56,12 @@ def test_integers_out_of_range_are_refused():
     spec = TensorSpec("ids", "INT8", [-1])
     with pytest.raises(ProtocolError, match="cannot read data as INT8"):
         decode_tensor(RequestInput(name="ids", shape=[1], datatype="INT8", data=[1000]), spec)
+
+
+def test_half_precision_overflow_is_refused():
+    spec = TensorSpec("x", "FP16", [-1])
+    with pytest.raises(ProtocolError, match="out of range"):
+        decode_tensor(RequestInput(name="x", shape=[1], datatype="FP16", data=[1e6]), spec)
 
 
 def test_bytes_tensors_carry_strings():

@@ -19,7 +19,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND ?= Agg
 
-.PHONY: help setup data lab serve test lint test-helpers test-course notebooks autograde feedback grades clean
+.PHONY: help setup data lab serve bench test lint notebooks autograde feedback grades clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -44,8 +44,11 @@ lab: setup  ## start JupyterLab on the course (PORT=8888 by default)
 serve: setup  ## run the model server on 127.0.0.1:8000 (extra flags: ARGS="--max-queue 64")
 	$(BIN)/python -m helpers.server $(ARGS)
 
+bench: setup  ## measure batching and server overhead; results in benchmarks/results/
+	$(BIN)/python benchmarks/bench_serving.py $(ARGS)
+
 lint: $(STAMP)  ## ruff over the package and the tests
-	$(BIN)/ruff check helpers tests nbgrader_config.py assessments/*.py
+	$(BIN)/ruff check helpers tests benchmarks nbgrader_config.py assessments/*.py
 
 test: setup lint  ## every check: unit tests, lessons under nbval, the nbgrader pipeline
 	COURSE_PROFILE=quick $(BIN)/python -m pytest tests solutions \

@@ -35,7 +35,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP) data  ## create .venv, install the pinned environment, make the data
 
 data: $(STAMP)  ## train the course models into data/models (skips what exists)
-	$(BIN)/python -m helpers.models train
+	$(BIN)/python -m helpers.training
 
 lab: setup  ## start JupyterLab on the course (PORT=8888 by default)
 	$(BIN)/jupyter lab --port=$(PORT) $(ALLOW_ROOT) --ServerApp.root_dir=$(CURDIR) \

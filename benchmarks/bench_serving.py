@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from helpers import data, loadgen, models  # noqa: E402
+from helpers import data, loadgen, models, training  # noqa: E402
 from helpers.device import describe, pick_device  # noqa: E402
 from helpers.serving import free_port, serve_subprocess, wait_until_ready  # noqa: E402
 from helpers.wafermaps import make_wafer_maps  # noqa: E402
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     parser.add_argument("--users", type=int, default=64, help="closed-loop concurrency")
     args = parser.parse_args(argv)
-    models.ensure_wafer_models()
+    training.ensure_wafer_models()
     device = pick_device()
 
     maps, _ = make_wafer_maps(256, seed=4)

@@ -12,7 +12,8 @@ Modules (one concept each):
 - ``data``      deterministic synthetic wafer records, Parquet in chunks
 - ``metrics``   latency recorder, percentiles, SLO checks, summary tables
 - ``memory``    peak memory of a block of code
-- ``models``    the wafer classifiers and the model repository
+- ``models``    the model repository: configs, saving, hash-checked loading
+- ``training``  training the course models into the repository (``make data``)
 - ``plots``     the course's standard charts (the only module importing matplotlib)
 - ``batching``  ``BatchPolicy`` (when to cut a batch) and the asyncio ``DynamicBatcher``
 - ``cache``     TTL + LRU prediction cache with content-hashed keys and request coalescing
@@ -25,12 +26,13 @@ Modules (one concept each):
 - ``registry``  the versions a server serves, their states and batchers
 - ``jobs``      async jobs: submit, poll, fetch, cancel
 - ``server``    ``create_app`` and ``python -m helpers.server``
+- ``http_guards`` body limits, load shedding, failures mapped to status codes
 - ``serving``   run a server in a thread or a subprocess, and always stop it
 """
 
 __all__ = [
     "settings", "device", "data", "metrics", "memory", "models", "plots", "batching", "cache",
     "protocol", "routing", "registry", "jobs", "server", "serving", "bucketing", "wafermaps",
-    "embedder", "loadgen",
+    "embedder", "loadgen", "training", "http_guards",
 ]
 __version__ = "0.1.0"

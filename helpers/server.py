@@ -25,7 +25,6 @@ import asyncio
 import json
 import math
 import os
-import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -35,7 +34,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -43,9 +41,15 @@ from . import __version__
 from .batching import BatcherClosedError, BatchPolicy, DeadlineExceededError, QueueFullError
 from .cache import cache_key
 from .data import FEATURES
-from .jobs import JobManager, JobsFullError
+from .http_guards import (
+    BodySizeLimit,
+    FrontDoor,
+    ModelFailedError,
+    install_error_handlers,
+)
+from .jobs import JobManager
 from .metrics import ServingMetrics
-from .models import ModelNotFoundError, default_repository, list_models
+from .models import default_repository, list_models
 from .protocol import (
     InferenceRequest,
     InferenceResponse,
@@ -138,86 +142,6 @@ def features_to_rows(records: list[dict[str, Any]]) -> np.ndarray:
     return rows
 
 
-class BodyTooLargeError(ProtocolError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body is larger than the {limit}-byte limit", 413)
-
-
-class ModelFailedError(RuntimeError):
-    """The model raised while computing this request's batch."""
-
-
-class BodySizeLimit:
-    """ASGI middleware: refuse bodies over ``max_bytes`` (declared or streamed) with 413."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            status = 400 if not declared.isdigit() else 413
-            message = ("invalid Content-Length" if status == 400
-                       else str(BodyTooLargeError(self.max_bytes)))
-            return await JSONResponse({"error": message}, status)(scope, receive, send)
-        seen = 0
-
-        async def counted_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # a chunked body that lied by omission
-                raise BodyTooLargeError(self.max_bytes)
-            return message
-
-        await self.app(scope, counted_receive, send)
-
-
-class FrontDoor:
-    """ASGI middleware: shed load at the door, and count every answer for Prometheus.
-
-    The batcher's queue bounds the work waiting for the model, but when requests
-    arrive faster than the HTTP layer itself can parse them, they pile up *before*
-    the batcher, in the event loop. Capping the requests in flight answers the
-    excess with an immediate 503 instead of letting every request's latency grow.
-    """
-
-    def __init__(self, app, max_in_flight: int, metrics: ServingMetrics) -> None:
-        self.app, self.max_in_flight, self.metrics = app, max_in_flight, metrics
-        self.in_flight = 0
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if self.in_flight >= self.max_in_flight:
-            response = _error(503, f"server busy: {self.in_flight} requests in flight",
-                              {"Retry-After": "1"})
-            return await response(scope, receive, send)
-        self.in_flight += 1
-        start, status = time.perf_counter(), 500
-
-        async def watch_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch_status)
-        finally:
-            self.in_flight -= 1
-            served = scope.get("state", {}).get("served")  # set by the route (request.state)
-            if served is not None:
-                labels = {"model": served[0], "version": served[1]}
-                self.metrics.requests.labels(**labels, code=str(status)).inc()
-                self.metrics.request_duration.labels(**labels).observe(
-                    time.perf_counter() - start)
-                if status >= 400:
-                    self.metrics.failures.labels(**labels, reason=str(status)).inc()
-
-
 # -- the app -------------------------------------------------------------------------
 def create_app(settings: ServerSettings | None = None, *, models: list[Any] = (),
                cache: Any = None, router: Callable[[str, str | None], str] | None = None,
@@ -263,7 +187,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(FrontDoor, max_in_flight=settings.max_in_flight, metrics=metrics)
     metrics.add_collector(lambda: _live_values(registry, cache))
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     # -- helpers used by the routes -----------------------------------------------------
     def resolve(request: Request, name: str, version: str | None) -> ServedVersion:
@@ -507,33 +431,6 @@ def _live_values(registry: ModelRegistry, cache: Any):
                                   value=cache.stats.hits)
         yield CounterMetricFamily("inference_cache_misses", "Prediction cache misses",
                                   value=cache.stats.misses)
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status, headers=headers)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    handlers: dict[type[Exception], Callable[[Exception], JSONResponse]] = {
-        ProtocolError: lambda e: _error(e.status, str(e)),
-        ModelNotFoundError: lambda e: _error(404, str(e)),
-        KeyError: lambda e: _error(404, str(e.args[0]) if e.args else "not found"),
-        NotReadyError: lambda e: _error(503, str(e), {"Retry-After": "1"}),
-        QueueFullError: lambda e: _error(
-            503, str(e), {"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}),
-        BatcherClosedError: lambda e: _error(503, str(e), {"Retry-After": "1"}),
-        JobsFullError: lambda e: _error(503, str(e), {"Retry-After": "5"}),
-        DeadlineExceededError: lambda e: _error(504, str(e)),
-        ModelFailedError: lambda e: _error(500, str(e)),
-    }
-    for exc_type, make in handlers.items():
-        app.add_exception_handler(exc_type, lambda request, exc, make=make: make(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: RequestValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        return _error(422, problems)
 
 
 # -- python -m helpers.server ----------------------------------------------------------

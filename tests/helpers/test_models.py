@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import data, models
+from helpers import data, models, training
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    models.train_wafer_models(root, n_rows=8000, names=("wafer-forest", "wafer-mlp"))
+    training.train_wafer_models(root, n_rows=8000, names=("wafer-forest", "wafer-mlp"))
     return root
 
 
@@ -124,7 +124,7 @@ def test_the_two_mlp_versions_differ(repo):
 
 def test_training_skips_existing_versions(repo):
     before = (repo / "wafer-mlp" / "1" / "config.json").read_text()
-    models.train_wafer_models(repo, n_rows=1000, names=("wafer-forest", "wafer-mlp"))
+    training.train_wafer_models(repo, n_rows=1000, names=("wafer-forest", "wafer-mlp"))
     assert (repo / "wafer-mlp" / "1" / "config.json").read_text() == before
 
 
@@ -143,3 +143,9 @@ def test_mlp_runs_on_cuda(repo):
     x = data.feature_matrix(data.make_wafer_records(256))
     cpu = models.load_model("wafer-mlp", repository=repo, device="cpu").predict_proba(x)
     np.testing.assert_allclose(model.predict_proba(x), cpu, atol=1e-5)
+
+
+def test_training_cli_lists_the_repository(repo, capsys):
+    training.main(["--list", "--repository", str(repo)])
+    out = capsys.readouterr().out
+    assert "wafer-forest [1]" in out and "wafer-mlp [1, 2]" in out

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import data, models
+from helpers import data, models, training
 from helpers.cache import TTLCache
 from helpers.server import ServerSettings, create_app
 from helpers.serving import serve_in_thread
@@ -24,7 +24,7 @@ ROWS = data.feature_matrix(RECORDS)
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("served-models")
-    models.train_wafer_models(root, n_rows=4000, names=("wafer-forest", "wafer-mlp"))
+    training.train_wafer_models(root, n_rows=4000, names=("wafer-forest", "wafer-mlp"))
     return root
 
 

@@ -10,7 +10,7 @@ import httpx
 import psutil
 import pytest
 
-from helpers import data, models
+from helpers import data, models, training
 from helpers.serving import serve_subprocess
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_overload_answers_everything_and_memory_stays_bounded(slow_repo):
 
 def test_no_flags_serves_the_default_repository():
     if not models.list_models():
-        models.ensure_wafer_models()
+        training.ensure_wafer_models()
     with serve_subprocess() as server, httpx.Client(base_url=server.url) as client:
         names = {row["name"] for row in client.post("/v2/repository/index").json()}
         assert {"wafer-forest", "wafer-mlp"} <= names

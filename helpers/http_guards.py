@@ -1,0 +1,139 @@
+"""The server's guards at the HTTP boundary: body size, load shedding, and the map from
+failures to status codes. Every request gets an answer, and this module decides which.
+
+| failure                                   | answer                    |
+|-------------------------------------------|---------------------------|
+| a malformed or invalid request            | 400 / 422, naming it      |
+| an unknown model, version or job          | 404                       |
+| a body over the limit                     | 413                       |
+| queue full, too many in flight, not ready | 503 + Retry-After         |
+| deadline passed before the batch ran      | 504 (never computed)      |
+| the model raised for this batch           | 500 (this batch only)     |
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .batching import BatcherClosedError, DeadlineExceededError, QueueFullError
+from .jobs import JobsFullError
+from .metrics import ServingMetrics
+from .models import ModelNotFoundError
+from .protocol import ProtocolError
+from .registry import NotReadyError
+
+__all__ = ["BodyTooLargeError", "ModelFailedError", "BodySizeLimit", "FrontDoor",
+           "install_error_handlers"]
+
+
+class BodyTooLargeError(ProtocolError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the {limit}-byte limit", 413)
+
+
+class ModelFailedError(RuntimeError):
+    """The model raised while computing this request's batch."""
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` (declared or streamed) with 413."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            status = 400 if not declared.isdigit() else 413
+            message = ("invalid Content-Length" if status == 400
+                       else str(BodyTooLargeError(self.max_bytes)))
+            return await JSONResponse({"error": message}, status)(scope, receive, send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # a chunked body that lied by omission
+                raise BodyTooLargeError(self.max_bytes)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+class FrontDoor:
+    """ASGI middleware: shed load at the door, and count every answer for Prometheus.
+
+    The batcher's queue bounds the work waiting for the model, but when requests
+    arrive faster than the HTTP layer itself can parse them, they pile up *before*
+    the batcher, in the event loop. Capping the requests in flight answers the
+    excess with an immediate 503 instead of letting every request's latency grow.
+    """
+
+    def __init__(self, app, max_in_flight: int, metrics: ServingMetrics) -> None:
+        self.app, self.max_in_flight, self.metrics = app, max_in_flight, metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            response = _error(503, f"server busy: {self.in_flight} requests in flight",
+                              {"Retry-After": "1"})
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        start, status = time.perf_counter(), 500
+
+        async def watch_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch_status)
+        finally:
+            self.in_flight -= 1
+            served = scope.get("state", {}).get("served")  # set by the route (request.state)
+            if served is not None:
+                labels = {"model": served[0], "version": served[1]}
+                self.metrics.requests.labels(**labels, code=str(status)).inc()
+                self.metrics.request_duration.labels(**labels).observe(
+                    time.perf_counter() - start)
+                if status >= 400:
+                    self.metrics.failures.labels(**labels, reason=str(status)).inc()
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    handlers: dict[type[Exception], Callable[[Exception], JSONResponse]] = {
+        ProtocolError: lambda e: _error(e.status, str(e)),
+        ModelNotFoundError: lambda e: _error(404, str(e)),
+        KeyError: lambda e: _error(404, str(e.args[0]) if e.args else "not found"),
+        NotReadyError: lambda e: _error(503, str(e), {"Retry-After": "1"}),
+        QueueFullError: lambda e: _error(
+            503, str(e), {"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}),
+        BatcherClosedError: lambda e: _error(503, str(e), {"Retry-After": "1"}),
+        JobsFullError: lambda e: _error(503, str(e), {"Retry-After": "5"}),
+        DeadlineExceededError: lambda e: _error(504, str(e)),
+        ModelFailedError: lambda e: _error(500, str(e)),
+    }
+    for exc_type, make in handlers.items():
+        app.add_exception_handler(exc_type, lambda request, exc, make=make: make(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        return _error(422, problems)

@@ -154,7 +154,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
       ``settings.cache_entries`` > 0, else none);
     - ``router``: ``router(model, routing_key) -> version`` for unversioned requests
       (default: the settings' traffic splits, else the newest ready version);
-    - ``validate``: plain-JSON records -> ``(n, 8)`` float32 rows (default ``features_to_rows``).
+    - ``validate``: plain-JSON records -> ``(n, 8)`` float32 rows (default ``features_to_rows``);
+      a ``ValueError`` it raises becomes a 422 with its message.
     """
     settings = settings or ServerSettings()
     repository = settings.repository or default_repository()
@@ -232,6 +233,14 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
             cache.put(key, result)
         return result
 
+    def checked_rows(records: list) -> np.ndarray:
+        try:
+            return validate(records)
+        except ProtocolError:
+            raise
+        except ValueError as exc:  # a plugged-in validator names the problem this way
+            raise ProtocolError(str(exc), 422) from None
+
     def plain(served: ServedVersion, **body: Any) -> JSONResponse:
         return JSONResponse({"model": served.name, "version": served.version, **body},
                             headers={VERSION_HEADER: served.version})
@@ -263,8 +272,10 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
 
     @app.get("/v2/health/ready")
     async def ready():
-        ok = registry.is_ready()
-        return JSONResponse({"ready": ok}, 200 if ok else 503)
+        if registry.is_ready():
+            return {"ready": True}
+        reason = "no model is loaded" if not registry.names() else "models are loading"
+        return JSONResponse({"ready": False, "reason": reason}, 503)
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
@@ -308,7 +319,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         if not isinstance(features, dict):
             raise ProtocolError('send {"features": {feature: value, ...}}', 422)
         served = resolve(request, model or settings.default_model, None)
-        rows = validate([features])
+        rows = checked_rows([features])
         probs = await predict(served, rows, deadline_s(request))
         return plain(served, defect_probability=float(probs[0]))
 
@@ -316,7 +327,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
     async def predict_batch(request: Request, model: str | None = None):
         records = records_of(await json_body(request))
         served = resolve(request, model or settings.default_model, None)
-        probs = await predict(served, validate(records), deadline_s(request))
+        probs = await predict(served, checked_rows(records), deadline_s(request))
         return plain(served, predictions=[float(p) for p in probs])
 
     @app.post("/predict/stream")
@@ -326,7 +337,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         if not 1 <= chunk <= settings.max_records:
             raise ProtocolError(f"chunk must be within 1..{settings.max_records}, got {chunk}")
         served = resolve(request, model or settings.default_model, None)
-        rows, timeout_s = validate(records), deadline_s(request)
+        rows, timeout_s = checked_rows(records), deadline_s(request)
 
         async def lines():
             # A few chunks in flight let the batcher group them; lines leave in order.
@@ -364,7 +375,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         if not isinstance(records, list):
             raise ProtocolError('send {"records": [...]}', 422)
         served = resolve(request, model or settings.default_model, None)
-        rows = validate(records)
+        rows = checked_rows(records)
 
         async def run(job):
             out = []

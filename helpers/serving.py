@@ -13,6 +13,7 @@ never leave a server behind.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -47,13 +48,16 @@ def wait_until_ready(url: str, timeout_s: float = 120.0, alive=lambda: True) -> 
     repository index says why), rather than waiting out the timeout.
     """
     deadline = time.monotonic() + timeout_s
+    last = "no answer"
     with httpx.Client(timeout=2.0) as client:
         while True:
             if not alive():
                 raise RuntimeError(f"the server at {url} stopped before it was ready")
             try:
-                if client.get(url + READY_PATH).status_code == 200:
+                response = client.get(url + READY_PATH)
+                if response.status_code == 200:
                     return
+                last = response.text
                 failed = [f"{row['name']} v{row['version']}: {row['reason']}"
                           for row in client.post(url + "/v2/repository/index").json()
                           if row["reason"].startswith("load failed")]
@@ -62,7 +66,7 @@ def wait_until_ready(url: str, timeout_s: float = 120.0, alive=lambda: True) -> 
             except httpx.TransportError:
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} was not ready within {timeout_s} s")
+                raise TimeoutError(f"{url} was not ready within {timeout_s} s ({last})")
             time.sleep(0.05)
 
 
@@ -101,6 +105,17 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the kernel sends SIGTERM to the server if the process that started it dies
+    (a crashed notebook kernel must not leave a server behind)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the atexit hook below still covers a normal exit
+
+
 @contextmanager
 def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1",
                      timeout_s: float = 120.0) -> Iterator[ServerProcess]:
@@ -110,8 +125,10 @@ def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = 
     cmd = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *args]
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
+                                   env={**os.environ, **(env or {})},
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = ServerProcess(f"http://{host}:{port}", process, log)
+    atexit.register(server.terminate)  # also when a notebook never reaches its clean-up cell
     try:
         try:
             wait_until_ready(server.url, timeout_s, alive=lambda: process.poll() is None)
@@ -125,4 +142,5 @@ def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        atexit.unregister(server.terminate)
         log.unlink(missing_ok=True)

@@ -295,3 +295,21 @@ def test_a_model_that_fails_to_load_is_reported_at_once(tmp_path):
     with pytest.raises(RuntimeError, match="broken v1: load failed.*SHA-256"):
         with serve(app, timeout_s=60):
             pass
+
+
+def test_a_plugged_in_validator_and_router_run_inside_the_server(repo):
+    def strict(records):
+        if any(r.get("humidity_pct", 0) > 90 for r in records):
+            raise ValueError("humidity_pct above 90 is a sensor fault")
+        from helpers.server import features_to_rows
+        return features_to_rows(records)
+
+    app = create_app(ServerSettings(repository=repo, device="cpu"), validate=strict,
+                     router=lambda model, key: "1" if key == "old" else "2")
+    record = records_json(RECORDS.head(1))[0]
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        refused = client.post("/predict", json={"features": {**record, "humidity_pct": 95.0}})
+        old = client.post("/predict", json={"features": record}, headers={"x-routing-key": "old"})
+        new = client.post("/predict", json={"features": record}, headers={"x-routing-key": "x"})
+    assert refused.status_code == 422 and "sensor fault" in refused.json()["error"]
+    assert old.json()["version"] == "1" and new.json()["version"] == "2"

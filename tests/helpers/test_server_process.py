@@ -90,3 +90,29 @@ def test_no_flags_serves_the_default_repository():
         response = client.post("/v2/models/wafer-mlp/infer", json={
             "inputs": [{**BODY["inputs"][0], "name": "process_features"}]})
         assert response.status_code == 200 and response.headers["x-model-version"] == "2"
+
+
+def test_a_server_dies_with_the_process_that_started_it(slow_repo, tmp_path):
+    """A crashed notebook kernel (SIGKILL: no clean-up code runs) leaves no server behind."""
+    import signal
+    import subprocess
+    import time
+
+    parent_script = tmp_path / "parent.py"
+    parent_script.write_text(
+        "import sys, time\n"
+        "from helpers.serving import serve_subprocess\n"
+        f"with serve_subprocess('--repository', {str(slow_repo)!r}, env={ENV!r}) as s:\n"
+        "    print(s.process.pid, flush=True)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(parent_script)], stdout=subprocess.PIPE,
+                              text=True)
+    server_pid = int(parent.stdout.readline())
+    assert psutil.pid_exists(server_pid)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(server_pid) and \
+            psutil.Process(server_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the server outlived the process that started it"
+        time.sleep(0.1)

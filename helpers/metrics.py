@@ -32,6 +32,8 @@ __all__ = [
     "SLO",
     "SLOResult",
     "summary_table",
+    "ServingMetrics",
+    "prometheus_frame",
 ]
 
 SUMMARY_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -292,3 +294,16 @@ class ServingMetrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+def prometheus_frame(text: str) -> pd.DataFrame:
+    """Prometheus exposition text -> one row per sample: ``name``, its labels, ``value``.
+
+    >>> frame = prometheus_frame(httpx.get(url + "/metrics").text)
+    >>> frame[frame["name"] == "inference_requests_total"]
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rows = [{"name": sample.name, **sample.labels, "value": sample.value}
+            for family in text_string_to_metric_families(text) for sample in family.samples]
+    return pd.DataFrame(rows)

@@ -123,3 +123,16 @@ def test_peak_memory_counts_arrow_and_survives_buffers_outliving_the_block(tmp_p
     assert kept[-1].as_py() == 1_999_999
     del kept  # freeing after its pool stopped being the default must not crash
     assert "arrow" in str(measure_peak_memory().peak)
+
+
+def test_serving_metrics_round_trip_through_the_text_format():
+    from helpers.metrics import ServingMetrics, prometheus_frame
+
+    m = ServingMetrics()
+    m.requests.labels(model="wafer-mlp", version="2", code="200").inc(3)
+    m.request_duration.labels(model="wafer-mlp", version="2").observe(0.004)
+    frame = prometheus_frame(m.exposition().decode())
+    total = frame[(frame["name"] == "inference_requests_total") & (frame["version"] == "2")]
+    assert total["value"].tolist() == [3.0] and total["code"].tolist() == ["200"]
+    count = frame[frame["name"] == "inference_request_duration_seconds_count"]
+    assert count["value"].tolist() == [1.0]

@@ -151,7 +151,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
     - ``models``: extra model objects to serve (``.config`` and ``.predict_proba``);
     - ``cache``: any object with ``lookup(key) -> (found, value)``, ``put(key, value)``
       and ``stats.hits`` / ``stats.misses`` (default: a ``TTLCache`` if
-      ``settings.cache_entries`` > 0, else none);
+      ``settings.cache_entries`` > 0, else none); one with ``get_or_compute`` (a
+      ``CoalescingCache``) also shares a computation between identical misses;
     - ``router``: ``router(model, routing_key) -> version`` for unversioned requests
       (default: the settings' traffic splits, else the newest ready version);
     - ``validate``: plain-JSON records -> ``(n, 8)`` float32 rows (default ``features_to_rows``);
@@ -217,21 +218,27 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         return value / 1000
 
     async def predict(served: ServedVersion, rows: np.ndarray, timeout_s: float) -> np.ndarray:
-        key = cache_key(served.name, served.version, rows) if cache is not None else None
-        if key is not None:
-            found, value = cache.lookup(key)
-            if found:
-                return value
-        try:
-            result = await served.batcher.submit(registry.work(served.model, rows),
-                                                 timeout_s=timeout_s)
-        except (QueueFullError, DeadlineExceededError, BatcherClosedError):
-            raise
-        except Exception as exc:  # the model raised for this batch
-            raise ModelFailedError(f"{served.name} v{served.version} failed: {exc}") from exc
-        if key is not None:
-            cache.put(key, result)
-        return result
+        async def compute() -> np.ndarray:
+            try:
+                return await served.batcher.submit(registry.work(served.model, rows),
+                                                   timeout_s=timeout_s)
+            except (QueueFullError, DeadlineExceededError, BatcherClosedError):
+                raise
+            except Exception as exc:  # the model raised for this batch
+                raise ModelFailedError(f"{served.name} v{served.version} failed: {exc}") \
+                    from exc
+
+        if cache is None:
+            return await compute()
+        key = cache_key(served.name, served.version, rows)
+        if hasattr(cache, "get_or_compute"):  # coalescing: identical misses compute once
+            return await cache.get_or_compute(key, compute)
+        found, value = cache.lookup(key)
+        if found:
+            return value
+        value = await compute()
+        cache.put(key, value)
+        return value
 
     def checked_rows(records: list) -> np.ndarray:
         try:

@@ -313,3 +313,19 @@ def test_a_plugged_in_validator_and_router_run_inside_the_server(repo):
         new = client.post("/predict", json={"features": record}, headers={"x-routing-key": "x"})
     assert refused.status_code == 422 and "sensor fault" in refused.json()["error"]
     assert old.json()["version"] == "1" and new.json()["version"] == "2"
+
+
+def test_a_coalescing_cache_computes_a_burst_of_identical_misses_once():
+    from helpers.cache import CoalescingCache
+
+    def burst(cache):
+        slow = SlowModel(delay_s=0.2)
+        settings = ServerSettings(repository=Path("/nonexistent"), max_wait_ms=0,
+                                  max_batch_size=1, timeout_ms=60_000)
+        with serve_in_thread(create_app(settings, models=[slow], cache=cache)) as url:
+            responses = asyncio.run(_fire(url, 20, v2_body(ROWS[:1])))
+        assert all(r.status_code == 200 for r in responses)
+        return len(slow.calls)
+
+    assert burst(CoalescingCache(TTLCache(100, 60))) == 1
+    assert burst(TTLCache(100, 60)) > 1  # without coalescing the cold key is computed again

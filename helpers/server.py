@@ -145,7 +145,8 @@ def features_to_rows(records: list[dict[str, Any]]) -> np.ndarray:
 # -- the app -------------------------------------------------------------------------
 def create_app(settings: ServerSettings | None = None, *, models: list[Any] = (),
                cache: Any = None, router: Callable[[str, str | None], str] | None = None,
-               validate: Callable[[list[dict]], np.ndarray] = features_to_rows) -> FastAPI:
+               validate: Callable[[list[dict]], np.ndarray] = features_to_rows,
+               policy: Any = None) -> FastAPI:
     """Build the server. Plug-in points for lessons and tests:
 
     - ``models``: extra model objects to serve (``.config`` and ``.predict_proba``);
@@ -156,12 +157,15 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
     - ``router``: ``router(model, routing_key) -> version`` for unversioned requests
       (default: the settings' traffic splits, else the newest ready version);
     - ``validate``: plain-JSON records -> ``(n, 8)`` float32 rows (default ``features_to_rows``);
-      a ``ValueError`` it raises becomes a 422 with its message.
+      a ``ValueError`` it raises becomes a 422 with its message;
+    - ``policy``: the batch policy of every batcher (anything with ``max_batch_size``,
+      ``decide(queued, oldest_wait_s)`` and ``wait_budget_s(oldest_wait_s)``; default a
+      ``BatchPolicy`` from the settings).
     """
     settings = settings or ServerSettings()
     repository = settings.repository or default_repository()
     metrics = ServingMetrics()
-    policy = BatchPolicy(settings.max_batch_size, settings.max_wait_ms / 1000)
+    policy = policy or BatchPolicy(settings.max_batch_size, settings.max_wait_ms / 1000)
     registry = ModelRegistry(repository if repository.is_dir() else None, policy,
                              max_queue=settings.max_queue, workers=settings.workers,
                              metrics=metrics, device=settings.device, buckets=settings.buckets)

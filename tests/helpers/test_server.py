@@ -329,3 +329,23 @@ def test_a_coalescing_cache_computes_a_burst_of_identical_misses_once():
 
     assert burst(CoalescingCache(TTLCache(100, 60))) == 1
     assert burst(TTLCache(100, 60)) > 1  # without coalescing the cold key is computed again
+
+
+def test_a_plugged_in_batch_policy_decides_the_batches():
+    class EveryTwo:
+        """Sends exactly two at a time (and a lone request once it has waited 50 ms)."""
+        max_batch_size = 2
+
+        def decide(self, queued, oldest_wait_s):
+            return 2 if queued >= 2 else (queued if oldest_wait_s >= 0.05 else 0)
+
+        def wait_budget_s(self, oldest_wait_s):
+            return max(0.0, 0.05 - oldest_wait_s)
+
+    slow = SlowModel(delay_s=0.01)
+    settings = ServerSettings(repository=Path("/nonexistent"), timeout_ms=30_000)
+    with serve_in_thread(create_app(settings, models=[slow], policy=EveryTwo())) as url:
+        responses = asyncio.run(_fire(url, 9, v2_body(ROWS[:1])))
+    assert all(r.status_code == 200 for r in responses)
+    # the default policy would put up to 32 of these queued requests into one call
+    assert sum(slow.calls) == 9 and max(slow.calls) == 2

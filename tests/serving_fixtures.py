@@ -65,3 +65,15 @@ class SlowEstimator:
         time.sleep(self.delay_s)
         p = np.full(len(x), 0.25)
         return np.column_stack([1 - p, p])
+
+
+class FaultyEstimator(SlowEstimator):
+    """Raises for any batch holding a row whose first feature is POISON (subprocess tests)."""
+
+    def __init__(self):
+        super().__init__(delay_s=0.0)
+
+    def predict_proba(self, x):
+        if (x[:, 0] == POISON).any():
+            raise ValueError("sensor frame corrupt")
+        return super().predict_proba(x)

@@ -15,7 +15,7 @@ from helpers.serving import serve_subprocess
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
-from serving_fixtures import SlowEstimator  # noqa: E402
+from serving_fixtures import POISON, FaultyEstimator, SlowEstimator  # noqa: E402
 
 ROW = data.feature_matrix(data.make_wafer_records(1))
 BODY = {"inputs": [{"name": "process_features", "shape": [1, 8], "datatype": "FP32",
@@ -28,6 +28,7 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "
 def slow_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("slow-repo")
     models.save_sklearn_model(SlowEstimator(delay_s=0.05), "slow", 1, root)
+    models.save_sklearn_model(FaultyEstimator(), "faulty", 1, root)
     return root
 
 
@@ -116,3 +117,43 @@ def test_a_server_dies_with_the_process_that_started_it(slow_repo, tmp_path):
             psutil.Process(server_pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the server outlived the process that started it"
         time.sleep(0.1)
+
+
+def body_of(row):
+    return {"inputs": [{"name": "process_features", "shape": [1, 8], "datatype": "FP32",
+                        "data": list(map(float, row))}]}
+
+
+def test_a_model_that_raises_fails_only_its_own_batch(slow_repo):
+    poisoned = ROW[0].copy()
+    poisoned[0] = POISON
+    args = ["--repository", str(slow_repo), "--models", "faulty", "--max-wait-ms", "0"]
+    with serve_subprocess(*args, env=ENV) as server, httpx.Client(base_url=server.url) as c:
+        bad = c.post("/v2/models/faulty/infer", json=body_of(poisoned))
+        good = [c.post("/v2/models/faulty/infer", json=body_of(ROW[0])) for _ in range(3)]
+        live = c.get("/v2/health/ready")
+    assert bad.status_code == 500 and "sensor frame corrupt" in bad.json()["error"]
+    assert [r.status_code for r in good] == [200, 200, 200] and live.status_code == 200
+
+
+def test_an_expired_deadline_is_a_504_and_never_computed(slow_repo):
+    args = ["--repository", str(slow_repo), "--models", "slow", "--max-batch-size", "1",
+            "--max-wait-ms", "0", "--timeout-ms", "60000"]
+    with serve_subprocess(*args, env=ENV) as server:
+        async def scenario():
+            limits = httpx.Limits(max_connections=10)
+            async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as c:
+                # five requests keep the only worker busy for ~0.25 s ...
+                busy = [asyncio.ensure_future(c.post("/v2/models/slow/infer", json=BODY))
+                        for _ in range(5)]
+                await asyncio.sleep(0.05)
+                # ... so one that may wait only 20 ms expires in the queue
+                late = await c.post("/v2/models/slow/infer", json=BODY,
+                                    headers={"x-timeout-ms": "20"})
+                return late, await asyncio.gather(*busy), (await c.get("/metrics")).text
+
+        late, busy, metrics = asyncio.run(scenario())
+    assert late.status_code == 504 and "not computed" in late.json()["error"]
+    assert [r.status_code for r in busy] == [200] * 5
+    # the model computed exactly the five admitted rows, not the expired one
+    assert re.search(r'inference_batch_size_sum{model="slow",version="1"} 5\.0', metrics)

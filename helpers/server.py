@@ -256,11 +256,11 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         return JSONResponse({"model": served.name, "version": served.version, **body},
                             headers={VERSION_HEADER: served.version})
 
-    def records_of(body: Any) -> list:
+    def records_of(body: Any, limited: bool = True) -> list:
         records = body.get("records") if isinstance(body, dict) else None
         if not isinstance(records, list):
             raise ProtocolError('send {"records": [{feature: value, ...}, ...]}', 422)
-        if len(records) > settings.max_records:
+        if limited and len(records) > settings.max_records:
             raise ProtocolError(f"{len(records)} records is over the {settings.max_records} "
                                 "limit per request; use /jobs for more", 413)
         return records
@@ -381,10 +381,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
     # -- async jobs ---------------------------------------------------------------------
     @app.post("/jobs", status_code=202)
     async def submit_job(request: Request, model: str | None = None):
-        body = await json_body(request)  # no max_records: jobs exist for big requests
-        records = body.get("records") if isinstance(body, dict) else None
-        if not isinstance(records, list):
-            raise ProtocolError('send {"records": [...]}', 422)
+        # no max_records: jobs exist for big requests (the body limit still applies)
+        records = records_of(await json_body(request), limited=False)
         served = resolve(request, model or settings.default_model, None)
         rows = checked_rows(records)
 

@@ -113,13 +113,11 @@ class LoadResult:
 
 async def _send(client: httpx.AsyncClient, request: Request) -> tuple[int, str, str]:
     try:
-        if request.content is not None:
-            response = await client.request(
-                request.method, request.path, content=request.content,
-                headers={"content-type": "application/json", **(request.headers or {})})
-        else:
-            response = await client.request(request.method, request.path, json=request.json,
-                                            headers=request.headers)
+        headers = request.headers
+        if request.content is not None:  # pre-encoded JSON
+            headers = {"content-type": "application/json", **(headers or {})}
+        response = await client.request(request.method, request.path, json=request.json,
+                                        content=request.content, headers=headers)
         error = "" if response.status_code == 200 else response.text[:200]
         return response.status_code, error, response.headers.get("x-model-version", "")
     except httpx.HTTPError as exc:  # no answer at all: status 0, and say why

@@ -107,6 +107,10 @@ def _flatten(data: list[Any], name: str) -> list[Any]:
     return flat
 
 
+def _count_error(name: str, shape: list[int], expected: int, got: int) -> ProtocolError:
+    return ProtocolError(f"input '{name}': shape {shape} needs {expected} values, data has {got}")
+
+
 def decode_tensor(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
     """Check ``tensor`` against the model's ``spec`` and return it as an array."""
     name = tensor.name
@@ -127,8 +131,7 @@ def decode_tensor(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
     if tensor.datatype == "BYTES":
         flat = _flatten(tensor.data, name)
         if len(flat) != expected:
-            raise ProtocolError(f"input '{name}': shape {shape} needs {expected} values, "
-                                f"data has {len(flat)}")
+            raise _count_error(name, shape, expected, len(flat))
         if not all(isinstance(v, str) for v in flat):
             raise ProtocolError(f"input '{name}': BYTES data must be strings")
         return np.array(flat, dtype=object).reshape(shape)
@@ -142,12 +145,11 @@ def decode_tensor(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
         bad = [v for v in flat if isinstance(v, (str, dict, bool)) or v is None]
         if bad:
             raise ProtocolError(f"input '{name}': {bad[0]!r} is not a number")
-        if len(flat) == expected:
-            raise ProtocolError(f"input '{name}': cannot read data as {tensor.datatype}")
-        array = np.zeros(len(flat))  # ragged nesting: the count check below names it
+        if len(flat) != expected:  # ragged nesting
+            raise _count_error(name, shape, expected, len(flat))
+        raise ProtocolError(f"input '{name}': cannot read data as {tensor.datatype}")
     if array.size != expected:
-        raise ProtocolError(f"input '{name}': shape {shape} needs {expected} values, "
-                            f"data has {array.size}")
+        raise _count_error(name, shape, expected, array.size)
     flat = array.ravel()
     if tensor.datatype in _FLOATS and array.size and not np.isfinite(array).all():
         index = int(np.flatnonzero(~np.isfinite(flat))[0])

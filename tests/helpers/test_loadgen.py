@@ -1,11 +1,11 @@
 import asyncio
 import json
 
-import httpx
 import numpy as np
 import pytest
 
 from helpers.loadgen import Request, arrival_times, closed_loop, open_loop, v2_request
+from helpers.serving import free_port, serve_in_thread
 
 
 def test_constant_arrivals_are_evenly_spaced():
@@ -31,22 +31,24 @@ def test_bad_schedules_are_refused():
         arrival_times(10, 1, "bursty")
 
 
-def stalling_transport(stall_s=0.3, stall_at_request=5, status_for=lambda i: 200):
-    """A fake server: answers at once, except request number `stall_at_request` holds
-    the only 'worker' for `stall_s`, so everything behind it waits (a GC pause)."""
+def stalling_server(stall_s=0.3, stall_at_request=5, status_for=lambda i: 200):
+    """A fake server (a ``send`` function): answers at once, except request number
+    `stall_at_request` holds the only 'worker' for `stall_s`, so everything behind it
+    waits (a GC pause)."""
     worker = asyncio.Lock()
     seen = 0
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def send(request: Request) -> tuple[int, str, str]:
         nonlocal seen
         seen += 1
         me = seen
         async with worker:
             if me == stall_at_request:
                 await asyncio.sleep(stall_s)
-        return httpx.Response(status_for(me), headers={"x-model-version": "1"})
+        status = status_for(me)
+        return status, "" if status == 200 else "busy", "1"
 
-    return httpx.MockTransport(handler)
+    return send
 
 
 def request(i):
@@ -55,7 +57,7 @@ def request(i):
 
 def test_open_loop_counts_the_stall_for_every_request_scheduled_during_it():
     result = asyncio.run(open_loop(None, request, rate_per_s=100, duration_s=1.0,
-                                   arrivals="constant", transport=stalling_transport(),
+                                   arrivals="constant", send=stalling_server(),
                                    progress=False))
     frame = result.frame
     assert len(frame) == 100 and (frame["status"] == 200).all()
@@ -66,15 +68,15 @@ def test_open_loop_counts_the_stall_for_every_request_scheduled_during_it():
 
 def test_closed_loop_hides_the_same_stall():
     result = asyncio.run(closed_loop(None, request, users=1, duration_s=1.0,
-                                     transport=stalling_transport(), progress=False))
+                                     send=stalling_server(), progress=False))
     assert result.mode == "closed" and len(result.frame) > 100
     assert (result.frame["latency_s"] > 0.1).sum() == 1  # coordinated omission
 
 
 def test_warmup_is_excluded_and_errors_are_counted_by_status():
-    transport = stalling_transport(stall_s=0, status_for=lambda i: 503 if i % 4 == 0 else 200)
+    server = stalling_server(stall_s=0, status_for=lambda i: 503 if i % 4 == 0 else 200)
     result = asyncio.run(open_loop(None, request, rate_per_s=200, duration_s=0.5,
-                                   arrivals="constant", warmup_s=0.1, transport=transport,
+                                   arrivals="constant", warmup_s=0.1, send=server,
                                    progress=False))
     summary = result.summary()
     assert len(result.frame) == 100 and summary["requests"] == 80
@@ -87,15 +89,38 @@ def test_warmup_is_excluded_and_errors_are_counted_by_status():
 
 
 def test_unanswered_requests_are_status_0_with_the_reason():
-    async def refuse(request):
-        raise httpx.ConnectError("connection refused")
-
-    result = asyncio.run(open_loop(None, request, rate_per_s=50, duration_s=0.1,
-                                   arrivals="constant", transport=httpx.MockTransport(refuse),
-                                   progress=False))
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    result = asyncio.run(open_loop(url, request, rate_per_s=50, duration_s=0.1,
+                                   arrivals="constant", progress=False))
     assert (result.frame["status"] == 0).all()
-    assert result.frame["error"].str.contains("refused").all()
+    assert result.frame["error"].str.contains("ClientConnectorError").all()
     assert result.summary()["errors"] == {"0": 5}
+
+
+def test_the_http_sender_talks_to_a_real_server():
+    """Real HTTP through aiohttp: status, error text and the served version come back."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return {"ready": True}
+
+    @app.post("/v2/models/m/infer")
+    async def infer(body: dict):
+        if body["i"] % 2:
+            return JSONResponse({"error": f"odd {body['i']}"}, 422)
+        return JSONResponse({"ok": True}, headers={"x-model-version": "7"})
+
+    with serve_in_thread(app) as url:
+        result = asyncio.run(open_loop(url, request, rate_per_s=100, duration_s=0.2,
+                                       arrivals="constant", progress=False))
+    frame = result.frame
+    assert list(frame["status"]) == [200, 422] * 10
+    assert set(frame.loc[frame["status"] == 200, "version"]) == {"7"}
+    assert frame.loc[1, "error"] == '{"error":"odd 1"}'
 
 
 def test_v2_request_cycles_rows_and_sets_routing_keys():

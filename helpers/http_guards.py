@@ -25,7 +25,7 @@ from .batching import BatcherClosedError, DeadlineExceededError, QueueFullError
 from .jobs import JobsFullError
 from .metrics import ServingMetrics
 from .models import ModelNotFoundError
-from .protocol import ProtocolError
+from .protocol import ProtocolError, describe_errors
 from .registry import NotReadyError
 
 __all__ = ["BodyTooLargeError", "ModelFailedError", "BodySizeLimit", "FrontDoor",
@@ -134,6 +134,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        return _error(422, problems)
+        return _error(422, describe_errors(exc.errors()))

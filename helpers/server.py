@@ -51,11 +51,12 @@ from .jobs import JobManager
 from .metrics import ServingMetrics
 from .models import default_repository, list_models
 from .protocol import (
-    InferenceRequest,
-    InferenceResponse,
+    BINARY_HEADER,
     ProtocolError,
     decode_inputs,
-    encode_tensor,
+    encode_response,
+    parse_infer_request,
+    wants_binary_output,
 )
 from .registry import ModelRegistry, NotReadyError, ServedVersion
 from .routing import TrafficSplit
@@ -271,11 +272,27 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         except json.JSONDecodeError as exc:
             raise ProtocolError(f"body is not valid JSON: {exc}") from None
 
+    # -- inference (registered first: routes are tried in order, and this is the hot path)
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None):
+        """v2 infer: a JSON body, or JSON + binary tensors (the binary data extension)."""
+        served = resolve(request, name, version)
+        body, binary = parse_infer_request(await request.body(),
+                                           request.headers.get(BINARY_HEADER))
+        config = served.model.config
+        rows = decode_inputs(body, config.inputs, binary)[config.inputs[0].name]
+        probs = await predict(served, rows, deadline_s(request))
+        content, headers = encode_response(
+            name, served.version, body.id,
+            {config.outputs[0].name: np.asarray(probs, np.float32)}, wants_binary_output(body))
+        return Response(content, headers={**headers, VERSION_HEADER: served.version})
+
     # -- health and metadata ------------------------------------------------------------
     @app.get("/v2")
     async def server_metadata():
         return {"name": "realtime-ml-serving", "version": __version__,
-                "extensions": ["model_repository", "jobs", "predict"]}
+                "extensions": ["binary_tensor_data", "model_repository", "jobs", "predict"]}
 
     @app.get("/v2/health/live")
     async def live():
@@ -307,21 +324,6 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         except NotReadyError as exc:
             return JSONResponse({"name": name, "ready": False, "error": str(exc)}, 503)
         return {"name": name, "version": served.version, "ready": True}
-
-    # -- inference ----------------------------------------------------------------------
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, body: InferenceRequest, request: Request,
-                    version: str | None = None):
-        served = resolve(request, name, version)
-        config = served.model.config
-        rows = decode_inputs(body, config.inputs)[config.inputs[0].name]
-        probs = await predict(served, rows, deadline_s(request))
-        response = InferenceResponse(
-            model_name=name, model_version=served.version, id=body.id,
-            outputs=[encode_tensor(config.outputs[0].name, np.asarray(probs, np.float32))])
-        return JSONResponse(response.model_dump(exclude_none=True),
-                            headers={VERSION_HEADER: served.version})
 
     @app.post("/predict")
     async def predict_one(request: Request, model: str | None = None):

@@ -11,6 +11,7 @@ import pytest
 
 from helpers import data, models, training
 from helpers.cache import TTLCache
+from helpers.protocol import BINARY_HEADER, decode_response, encode_binary_request
 from helpers.server import ServerSettings, create_app
 from helpers.serving import serve_in_thread
 
@@ -103,6 +104,23 @@ def test_bad_v2_requests_get_a_4xx_naming_the_problem(server, mutate, status, me
                            headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
+
+
+def test_binary_tensors_give_the_same_answer_as_json(server):
+    """The binary data extension over HTTP: binary in, JSON or binary out."""
+    as_json = server.post("/v2/models/wafer-forest/infer", json=v2_body(ROWS[:4])).json()
+    expected = np.array(as_json["outputs"][0]["data"], np.float32)
+    for binary_output in (False, True):
+        body, headers = encode_binary_request({"process_features": ROWS[:4]},
+                                              binary_output=binary_output)
+        response = server.post("/v2/models/wafer-forest/infer", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        assert (BINARY_HEADER in response.headers) == binary_output
+        (probs,) = decode_response(response.content, response.headers).values()
+        np.testing.assert_array_equal(probs.ravel(), expected)
+    short = server.post("/v2/models/wafer-forest/infer", content=body[:-4], headers=headers)
+    assert short.status_code == 400 and "does not fit" in short.json()["error"]
+    assert "binary_tensor_data" in server.get("/v2").json()["extensions"]
 
 
 def test_unknown_model_not_json_and_oversized_bodies(server):

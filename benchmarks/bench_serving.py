@@ -1,18 +1,24 @@
 """Serving benchmark: what batching buys, and what the server costs, measured in one run.
 
-For the wafer-map CNN and the note embedder:
-  raw       the model alone, called with full batches in a loop: the limit
-  batched   the server at saturation (closed loop, many users), dynamic batching on
-  unbatched the same server with max_batch_size=1
-and the ratios batched/raw (how close the server gets to the limit) and
-batched/unbatched (what batching buys). For the HTTP stack: the server answering
-a near-trivial model (wafer-mlp) against a bare FastAPI echo app.
+For the wafer-map CNN and the note embedder, in items (maps, notes) per second:
+  raw        the model alone, called with full batches in a loop: the limit
+  batched    the server at saturation (closed loop, many users), dynamic batching on,
+             one item per request
+  unbatched  the same server with max_batch_size=1
+and for the CNN also
+  json       one map per request as JSON numbers instead of binary tensors
+  lots       a wafer lot (25 maps) per request, binary: the per-request cost of HTTP
+             shared by 25 maps, as a fab's inspection tool would send them
+with the ratios of each to raw (how close the server gets to the limit) and
+batched/unbatched (what batching buys). For the HTTP stack: the server answering a
+near-trivial model (wafer-mlp) against a bare FastAPI echo app.
 
     python benchmarks/bench_serving.py [--seconds 8] [--users 64]
 
 Results go to benchmarks/results/serving.json and serving.png. The load generator
 runs on the same machine as the server: on a small machine it takes CPU the
-server would otherwise use, so read server throughputs as lower bounds.
+server would otherwise use (it reports its own CPU share), so read server
+throughputs as lower bounds.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,10 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 from helpers import data, loadgen, models, training  # noqa: E402
 from helpers.device import describe, pick_device  # noqa: E402
+from helpers.protocol import encode_binary_request  # noqa: E402
 from helpers.serving import free_port, serve_subprocess, wait_until_ready  # noqa: E402
 from helpers.wafermaps import make_wafer_maps  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+LOT = 25  # wafers per lot: what an inspection tool sends at once
 
 
 def raw_throughput(model, batch: np.ndarray, seconds: float) -> float:
@@ -48,54 +57,104 @@ def raw_throughput(model, batch: np.ndarray, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def server_throughput(url: str, make, users: int, seconds: float) -> dict:
-    result = asyncio.run(loadgen.closed_loop(url, make, users=users, duration_s=seconds,
-                                             warmup_s=min(2.0, seconds / 4), progress=False))
+def server_throughput(url: str, requests: list[loadgen.Request], items_per_request: int,
+                      users: int, seconds: float) -> dict:
+    """Closed loop at saturation; items/s, and the CPU share the generator itself took."""
+    cpu_before, start = os.times(), time.perf_counter()
+    result = asyncio.run(loadgen.closed_loop(
+        url, lambda i: requests[i % len(requests)], users=users, duration_s=seconds,
+        warmup_s=min(2.0, seconds / 4), progress=False))
+    cpu = os.times()
+    client_cores = ((cpu.user + cpu.system - cpu_before.user - cpu_before.system)
+                    / (time.perf_counter() - start))
     summary = result.summary()
-    return {"requests_per_s": summary["achieved_rate"], "p99_ms": summary.get("p99_ms"),
-            "errors": summary["errors"]}
+    return {"items_per_s": summary["achieved_rate"] * items_per_request,
+            "requests_per_s": summary["achieved_rate"], "p99_ms": summary.get("p99_ms"),
+            "errors": summary["errors"], "client_cores": round(client_cores, 2)}
 
 
-def v2_maker(model: str, tensors: list[dict]):
+def json_requests(model: str, tensors: list[dict]) -> list[loadgen.Request]:
     # Encoded once: the generator shares the CPU with the server, so it must not
     # spend it serialising the same JSON again and again.
-    bodies = [json.dumps({"inputs": [t]}).encode() for t in tensors]
-    return lambda i: loadgen.Request("POST", f"/v2/models/{model}/infer",
-                                     content=bodies[i % len(bodies)])
+    return [loadgen.Request("POST", f"/v2/models/{model}/infer",
+                            content=json.dumps({"inputs": [t]}).encode()) for t in tensors]
 
 
-def bench_model(name: str, batch: np.ndarray, tensors: list[dict], args, device) -> dict:
+def binary_requests(model: str, input_name: str, arrays: list[np.ndarray]
+                    ) -> list[loadgen.Request]:
+    requests = []
+    for array in arrays:
+        body, headers = encode_binary_request({input_name: array})
+        requests.append(loadgen.Request("POST", f"/v2/models/{model}/infer", content=body,
+                                        headers=headers))
+    return requests
+
+
+def bench_model(name: str, batch: np.ndarray, scenarios: dict, args, device) -> dict:
+    """``scenarios``: label -> (server flags, requests, items per request, users)."""
     model = models.load_model(name, device=device)
     raw = raw_throughput(model, batch, args.seconds)
     out = {"model": name, "raw_items_per_s": raw, "max_batch_size": len(batch)}
-    for label, flags in [("batched", ["--max-batch-size", str(len(batch)), "--max-wait-ms", "5"]),
-                         ("unbatched", ["--max-batch-size", "1", "--max-wait-ms", "0"])]:
+    for label, (flags, requests, items, users) in scenarios.items():
         server_args = ["--models", name, "--max-queue", "1024", "--timeout-ms", "60000", *flags]
         with serve_subprocess(*server_args) as server:
-            out[label] = server_throughput(server.url, v2_maker(name, tensors), args.users,
-                                           args.seconds)
-    out["batched_over_raw"] = out["batched"]["requests_per_s"] / raw
-    out["batched_over_unbatched"] = (out["batched"]["requests_per_s"]
-                                     / out["unbatched"]["requests_per_s"])
+            out[label] = server_throughput(server.url, requests, items, users, args.seconds)
+        out[label]["over_raw"] = out[label]["items_per_s"] / raw
+    out["batched_over_unbatched"] = out["batched"]["items_per_s"] / out["unbatched"]["items_per_s"]
     return out
+
+
+def batching(max_batch_size: int) -> list[str]:
+    return ["--max-batch-size", str(max_batch_size), "--max-wait-ms", "5"]
+
+
+UNBATCHED = ["--max-batch-size", "1", "--max-wait-ms", "0"]
+
+
+def bench_cnn(args, device) -> dict:
+    maps, _ = make_wafer_maps(256, seed=4)
+    single = binary_requests("wafer-cnn", "wafer_map", [m[None] for m in maps])
+    as_json = json_requests("wafer-cnn", [
+        {"name": "wafer_map", "shape": [1, 1, 32, 32], "datatype": "FP32",
+         "data": m.ravel().tolist()} for m in maps])
+    lots = binary_requests("wafer-cnn", "wafer_map",
+                           [maps[i:i + LOT] for i in range(0, len(maps) - LOT + 1, LOT)])
+    batch = 32
+    return bench_model("wafer-cnn", maps[:batch], {
+        "batched": (batching(batch), single, 1, args.users),
+        "unbatched": (UNBATCHED, single, 1, args.users),
+        "json": (batching(batch), as_json, 1, args.users),
+        # two lots per model call at most; a few users keep the model busy
+        "lots": (batching(2), lots, LOT, 8),
+    }, args, device)
+
+
+def bench_embedder(args, device) -> dict:
+    notes = data.make_engineer_notes(512, seed=4)
+    single = json_requests("note-embedder", [
+        {"name": "text", "shape": [1], "datatype": "BYTES", "data": [n]} for n in notes])
+    batch = 32
+    return bench_model("note-embedder", np.array(notes[:batch], dtype=object), {
+        "batched": (batching(batch), single, 1, args.users),
+        "unbatched": (UNBATCHED, single, 1, args.users),
+    }, args, device)
 
 
 def bench_http_stack(args) -> dict:
     rows = data.feature_matrix(data.make_wafer_records(200, seed=5))
-    tensors = [{"name": "process_features", "shape": [1, 8], "datatype": "FP32",
-                "data": r.tolist()} for r in rows]
+    requests = json_requests("wafer-mlp", [{"name": "process_features", "shape": [1, 8],
+                                            "datatype": "FP32", "data": r.tolist()}
+                                           for r in rows])
     with serve_subprocess("--models", "wafer-mlp", "--max-wait-ms", "0") as server:
-        ours = server_throughput(server.url, v2_maker("wafer-mlp", tensors), args.users,
-                                 args.seconds)
+        ours = server_throughput(server.url, requests, 1, args.users, args.seconds)
     port = free_port()
     echo = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.echo_app:app",
                              "--port", str(port), "--log-level", "warning"], cwd=ROOT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(url, 60, alive=lambda: echo.poll() is None)
-        bodies = [json.dumps({"inputs": [t]}).encode() for t in tensors]
-        bare = server_throughput(url, lambda i: loadgen.Request(
-            "POST", "/echo", content=bodies[i % len(bodies)]), args.users, args.seconds)
+        echoes = [loadgen.Request("POST", "/echo", content=r.content) for r in requests]
+        bare = server_throughput(url, echoes, 1, args.users, args.seconds)
     finally:
         echo.terminate()
         echo.wait(30)
@@ -103,17 +162,21 @@ def bench_http_stack(args) -> dict:
             "server_over_echo": ours["requests_per_s"] / bare["requests_per_s"]}
 
 
+SCENARIOS = {"batched": "server\nbatched", "unbatched": "server\nunbatched",
+             "json": "batched,\nJSON maps", "lots": f"batched,\n{LOT}-map lots"}
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results["models"]), figsize=(5 * len(results["models"]), 4))
+    fig, axes = plt.subplots(1, len(results["models"]), figsize=(6 * len(results["models"]), 4))
     for ax, r in zip(np.atleast_1d(axes), results["models"], strict=True):
-        values = [r["raw_items_per_s"], r["batched"]["requests_per_s"],
-                  r["unbatched"]["requests_per_s"]]
-        ax.bar(["raw model\n(limit)", "server\nbatched", "server\nunbatched"], values,
-               color=["grey", "tab:blue", "tab:orange"])
+        labels = [s for s in SCENARIOS if s in r]
+        ax.bar(["raw model\n(limit)"] + [SCENARIOS[s] for s in labels],
+               [r["raw_items_per_s"]] + [r[s]["items_per_s"] for s in labels],
+               color=["grey"] + [f"C{i}" for i in range(len(labels))])
         ax.set(title=r["model"], ylabel="items / s")
     fig.suptitle(f"Serving throughput on {results['device']}")
     fig.tight_layout()
@@ -127,28 +190,24 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     training.ensure_wafer_models()
     device = pick_device()
-
-    maps, _ = make_wafer_maps(256, seed=4)
-    map_tensors = [{"name": "wafer_map", "shape": [1, 1, 32, 32], "datatype": "FP32",
-                    "data": m.ravel().tolist()} for m in maps]
-    notes = data.make_engineer_notes(512, seed=4)
-    note_tensors = [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [n]}
-                    for n in notes]
-    results = {"device": describe(device), "seconds": args.seconds, "users": args.users,
-               "models": [bench_model("wafer-cnn", maps[:32], map_tensors, args, device),
-                          bench_model("note-embedder", np.array(notes[:32], dtype=object),
-                                      note_tensors, args, device)],
+    results = {"device": describe(device), "cpu_count": os.cpu_count(),
+               "seconds": args.seconds, "users": args.users,
+               "models": [bench_cnn(args, device), bench_embedder(args, device)],
                "http": bench_http_stack(args)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
     plot(results, RESULTS / "serving.png")
 
-    print(f"device: {results['device']}")
+    print(f"device: {results['device']}, {results['cpu_count']} CPUs")
     for r in results["models"]:
-        print(f"{r['model']:14s} raw {r['raw_items_per_s']:8.0f}/s | server batched "
-              f"{r['batched']['requests_per_s']:7.0f}/s ({r['batched_over_raw']:.2f} of raw) | "
-              f"unbatched {r['unbatched']['requests_per_s']:7.0f}/s | batched/unbatched "
-              f"{r['batched_over_unbatched']:.2f}x")
+        print(f"{r['model']}: raw {r['raw_items_per_s']:.0f}/s (batches of "
+              f"{r['max_batch_size']}); batched/unbatched {r['batched_over_unbatched']:.2f}x")
+        for label in SCENARIOS:
+            if label in r:
+                s = r[label]
+                print(f"  {SCENARIOS[label].replace(chr(10), ' '):22s} {s['items_per_s']:7.0f}/s "
+                      f"= {s['over_raw']:.2f} of raw  (p99 {s['p99_ms']:.0f} ms, "
+                      f"generator {s['client_cores']:.2f} cores, errors {s['errors'] or 0})")
     http = results["http"]
     print(f"HTTP stack: server with wafer-mlp {http['server_trivial_model']['requests_per_s']:.0f}"
           f" req/s vs bare FastAPI echo {http['bare_fastapi_echo']['requests_per_s']:.0f} req/s"

@@ -44,7 +44,7 @@ class Request:
     path: str
     json: Any = None
     headers: dict[str, str] | None = None
-    content: bytes | None = None  # a pre-encoded JSON body: spares the generator's CPU
+    content: bytes | None = None  # a pre-encoded body (JSON, or binary tensors with headers)
 
 
 def arrival_times(rate_per_s: float, duration_s: float, arrivals: str = "poisson",
@@ -142,7 +142,7 @@ class _HTTPSender:
 
     async def __call__(self, request: Request) -> tuple[int, str, str]:
         headers = request.headers
-        if request.content is not None:  # pre-encoded JSON
+        if request.content is not None:  # pre-encoded: JSON unless its headers say otherwise
             headers = {"content-type": "application/json", **(headers or {})}
         try:
             async with self.session.request(request.method, self.url + request.path,

@@ -6,7 +6,8 @@ optional prediction cache, A/B version splits, async jobs and Prometheus metrics
     python -m helpers.server --help     # every setting; each has a SERVE_* variable too
 
 Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
-``GET /v2/models/{m}[/versions/{v}][/ready]``, ``POST /v2/models/{m}[/versions/{v}]/infer``,
+``GET /v2/models/{m}[/versions/{v}][/ready]``, ``POST /v2/models/{m}[/versions/{v}]/infer``
+(JSON tensors, or binary ones: the binary tensor data extension),
 ``POST /v2/repository/index``, ``POST /v2/repository/models/{m}/load|unload``,
 ``POST /predict``, ``/predict/batch``, ``/predict/stream`` (NDJSON), ``/jobs`` (async),
 and ``GET /metrics``.

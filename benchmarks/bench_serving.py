@@ -17,8 +17,8 @@ near-trivial model (wafer-mlp) against a bare FastAPI echo app.
 
 Results go to benchmarks/results/serving.json and serving.png. The load generator
 runs on the same machine as the server: on a small machine it takes CPU the
-server would otherwise use (it reports its own CPU share), so read server
-throughputs as lower bounds.
+server would otherwise use, so read server throughputs as lower bounds. Each
+line reports the cores the server process and the generator used.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,20 +58,26 @@ def raw_throughput(model, batch: np.ndarray, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def server_throughput(url: str, requests: list[loadgen.Request], items_per_request: int,
-                      users: int, seconds: float) -> dict:
-    """Closed loop at saturation; items/s, and the CPU share the generator itself took."""
-    cpu_before, start = os.times(), time.perf_counter()
+def server_throughput(url: str, server_pid: int, requests: list[loadgen.Request],
+                      items_per_request: int, users: int, seconds: float) -> dict:
+    """Closed loop at saturation: items/s, and the cores the server and the generator used."""
+    def cpu_seconds(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    server, client = psutil.Process(server_pid), psutil.Process()
+    server_before, client_before, start = cpu_seconds(server), cpu_seconds(client), \
+        time.perf_counter()
     result = asyncio.run(loadgen.closed_loop(
         url, lambda i: requests[i % len(requests)], users=users, duration_s=seconds,
         warmup_s=min(2.0, seconds / 4), progress=False))
-    cpu = os.times()
-    client_cores = ((cpu.user + cpu.system - cpu_before.user - cpu_before.system)
-                    / (time.perf_counter() - start))
+    elapsed = time.perf_counter() - start
     summary = result.summary()
     return {"items_per_s": summary["achieved_rate"] * items_per_request,
             "requests_per_s": summary["achieved_rate"], "p99_ms": summary.get("p99_ms"),
-            "errors": summary["errors"], "client_cores": round(client_cores, 2)}
+            "errors": summary["errors"],
+            "server_cores": round((cpu_seconds(server) - server_before) / elapsed, 2),
+            "client_cores": round((cpu_seconds(client) - client_before) / elapsed, 2)}
 
 
 def json_requests(model: str, tensors: list[dict]) -> list[loadgen.Request]:
@@ -98,7 +105,8 @@ def bench_model(name: str, batch: np.ndarray, scenarios: dict, args, device) -> 
     for label, (flags, requests, items, users) in scenarios.items():
         server_args = ["--models", name, "--max-queue", "1024", "--timeout-ms", "60000", *flags]
         with serve_subprocess(*server_args) as server:
-            out[label] = server_throughput(server.url, requests, items, users, args.seconds)
+            out[label] = server_throughput(server.url, server.process.pid, requests, items,
+                                           users, args.seconds)
         out[label]["over_raw"] = out[label]["items_per_s"] / raw
     out["batched_over_unbatched"] = out["batched"]["items_per_s"] / out["unbatched"]["items_per_s"]
     return out
@@ -146,7 +154,8 @@ def bench_http_stack(args) -> dict:
                                             "datatype": "FP32", "data": r.tolist()}
                                            for r in rows])
     with serve_subprocess("--models", "wafer-mlp", "--max-wait-ms", "0") as server:
-        ours = server_throughput(server.url, requests, 1, args.users, args.seconds)
+        ours = server_throughput(server.url, server.process.pid, requests, 1, args.users,
+                                 args.seconds)
     port = free_port()
     echo = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.echo_app:app",
                              "--port", str(port), "--log-level", "warning"], cwd=ROOT)
@@ -154,7 +163,7 @@ def bench_http_stack(args) -> dict:
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(url, 60, alive=lambda: echo.poll() is None)
         echoes = [loadgen.Request("POST", "/echo", content=r.content) for r in requests]
-        bare = server_throughput(url, echoes, 1, args.users, args.seconds)
+        bare = server_throughput(url, echo.pid, echoes, 1, args.users, args.seconds)
     finally:
         echo.terminate()
         echo.wait(30)
@@ -206,8 +215,9 @@ def main(argv=None) -> dict:
             if label in r:
                 s = r[label]
                 print(f"  {SCENARIOS[label].replace(chr(10), ' '):22s} {s['items_per_s']:7.0f}/s "
-                      f"= {s['over_raw']:.2f} of raw  (p99 {s['p99_ms']:.0f} ms, "
-                      f"generator {s['client_cores']:.2f} cores, errors {s['errors'] or 0})")
+                      f"= {s['over_raw']:.2f} of raw  (p99 {s['p99_ms']:.0f} ms; cores: server "
+                      f"{s['server_cores']:.2f}, generator {s['client_cores']:.2f}; "
+                      f"errors {s['errors'] or 0})")
     http = results["http"]
     print(f"HTTP stack: server with wafer-mlp {http['server_trivial_model']['requests_per_s']:.0f}"
           f" req/s vs bare FastAPI echo {http['bare_fastapi_echo']['requests_per_s']:.0f} req/s"

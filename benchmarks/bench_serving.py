@@ -9,6 +9,8 @@ and for the CNN also
   json       one map per request as JSON numbers instead of binary tensors
   lots       a wafer lot (25 maps) per request, binary: the per-request cost of HTTP
              shared by 25 maps, as a fab's inspection tool would send them
+and for the embedder also
+  buckets    batched within token-length buckets (<=8, <=16, ... <=128, longer)
 with the ratios of each to raw (how close the server gets to the limit) and
 batched/unbatched (what batching buys). For the HTTP stack: the server answering a
 near-trivial model (wafer-mlp) against a bare FastAPI echo app.
@@ -48,13 +50,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 LOT = 25  # wafers per lot: what an inspection tool sends at once
 
 
-def raw_throughput(model, batch: np.ndarray, seconds: float) -> float:
-    """Items per second calling ``model.predict`` on full batches."""
-    model.predict(batch)  # warm-up
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+def raw_throughput(model, batches: list[np.ndarray], seconds: float) -> float:
+    """Items per second calling ``model.predict`` on full batches, in turn."""
+    model.predict(batches[0])  # warm-up
+    done, calls, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or calls < len(batches):  # each batch once
+        batch = batches[calls % len(batches)]
         model.predict(batch)
-        done += len(batch)
+        done, calls = done + len(batch), calls + 1
     return done / (time.perf_counter() - start)
 
 
@@ -97,11 +100,12 @@ def binary_requests(model: str, input_name: str, arrays: list[np.ndarray]
     return requests
 
 
-def bench_model(name: str, batch: np.ndarray, scenarios: dict, args, device) -> dict:
-    """``scenarios``: label -> (server flags, requests, items per request, users)."""
+def bench_model(name: str, batches: list[np.ndarray], scenarios: dict, args, device) -> dict:
+    """``batches`` give the raw limit; ``scenarios``: label -> (server flags, requests,
+    items per request, users)."""
     model = models.load_model(name, device=device)
-    raw = raw_throughput(model, batch, args.seconds)
-    out = {"model": name, "raw_items_per_s": raw, "max_batch_size": len(batch)}
+    raw = raw_throughput(model, batches, args.seconds)
+    out = {"model": name, "raw_items_per_s": raw, "max_batch_size": len(batches[0])}
     for label, (flags, requests, items, users) in scenarios.items():
         server_args = ["--models", name, "--max-queue", "1024", "--timeout-ms", "60000", *flags]
         with serve_subprocess(*server_args) as server:
@@ -128,7 +132,7 @@ def bench_cnn(args, device) -> dict:
     lots = binary_requests("wafer-cnn", "wafer_map",
                            [maps[i:i + LOT] for i in range(0, len(maps) - LOT + 1, LOT)])
     batch = 32
-    return bench_model("wafer-cnn", maps[:batch], {
+    return bench_model("wafer-cnn", [maps[:batch]], {
         "batched": (batching(batch), single, 1, args.users),
         "unbatched": (UNBATCHED, single, 1, args.users),
         "json": (batching(batch), as_json, 1, args.users),
@@ -141,9 +145,14 @@ def bench_embedder(args, device) -> dict:
     notes = data.make_engineer_notes(512, seed=4)
     single = json_requests("note-embedder", [
         {"name": "text", "shape": [1], "datatype": "BYTES", "data": [n]} for n in notes])
+    # The limit: batches of notes of similar length, so that padding wastes little
+    # (a mixed batch pads every note to the longest and understates the model).
+    by_length = np.array(sorted(notes, key=len), dtype=object)
     batch = 32
-    return bench_model("note-embedder", np.array(notes[:batch], dtype=object), {
+    batches = [by_length[i:i + batch] for i in range(0, len(by_length) - batch + 1, batch)]
+    return bench_model("note-embedder", batches, {
         "batched": (batching(batch), single, 1, args.users),
+        "buckets": (batching(batch) + ["--buckets", "8,16,32,64,128"], single, 1, args.users),
         "unbatched": (UNBATCHED, single, 1, args.users),
     }, args, device)
 
@@ -172,7 +181,8 @@ def bench_http_stack(args) -> dict:
 
 
 SCENARIOS = {"batched": "server\nbatched", "unbatched": "server\nunbatched",
-             "json": "batched,\nJSON maps", "lots": f"batched,\n{LOT}-map lots"}
+             "json": "batched,\nJSON maps", "lots": f"batched,\n{LOT}-map lots",
+             "buckets": "batched by\nlength bucket"}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -159,9 +159,8 @@ def bench_embedder(args, device) -> dict:
 
 def bench_http_stack(args) -> dict:
     rows = data.feature_matrix(data.make_wafer_records(200, seed=5))
-    requests = json_requests("wafer-mlp", [{"name": "process_features", "shape": [1, 8],
-                                            "datatype": "FP32", "data": r.tolist()}
-                                           for r in rows])
+    make = loadgen.v2_request("wafer-mlp", rows)  # bodies encoded once
+    requests = [make(i) for i in range(len(rows))]
     with serve_subprocess("--models", "wafer-mlp", "--max-wait-ms", "0") as server:
         ours = server_throughput(server.url, server.process.pid, requests, 1, args.users,
                                  args.seconds)

@@ -109,6 +109,16 @@ def describe_errors(errors: list[dict]) -> str:
                      if err["loc"] else err["msg"] for err in errors)
 
 
+def _split_body(body: bytes, json_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON part of a body and the binary tensors after it."""
+    if json_length is None:
+        return body, b""
+    if not json_length.isdigit() or int(json_length) > len(body):
+        raise ProtocolError(f"{BINARY_HEADER}: {json_length!r} is not a length within the "
+                            f"{len(body)}-byte body")
+    return body[:int(json_length)], body[int(json_length):]
+
+
 def parse_infer_request(body: bytes, json_length: str | None = None
                         ) -> tuple[InferenceRequest, dict[str, bytes]]:
     """A v2 infer body -> the request and each binary input's bytes, by input name.
@@ -117,12 +127,7 @@ def parse_infer_request(body: bytes, json_length: str | None = None
     The JSON is parsed and validated in one pass by pydantic-core, which is several
     times faster than ``json.loads`` followed by validation.
     """
-    json_part, tail = body, b""
-    if json_length is not None:
-        if not json_length.isdigit() or int(json_length) > len(body):
-            raise ProtocolError(f"{BINARY_HEADER}: {json_length!r} is not a length within the "
-                                f"{len(body)}-byte body")
-        json_part, tail = body[:int(json_length)], body[int(json_length):]
+    json_part, tail = _split_body(body, json_length)
     try:
         request = InferenceRequest.model_validate_json(json_part)
     except ValidationError as exc:
@@ -333,6 +338,13 @@ def _tensor_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
+def _binary_tensor(name: str, array: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    """A tensor's JSON description (no ``data``) and its binary data."""
+    raw = _tensor_bytes(array)
+    return {"name": name, "shape": list(array.shape), "datatype": datatype_of(array),
+            "parameters": {"binary_data_size": len(raw)}}, raw
+
+
 def wants_binary_output(request: InferenceRequest) -> bool:
     return bool((request.parameters or {}).get("binary_data_output")) or any(
         (output.parameters or {}).get("binary_data") for output in request.outputs or [])
@@ -346,10 +358,8 @@ def encode_response(model_name: str, model_version: str, request_id: str | None,
     for name, array in outputs.items():
         array = np.asarray(array)
         if binary:
-            raw = _tensor_bytes(array)
-            tensors.append(ResponseOutput(name=name, shape=list(array.shape),
-                                          datatype=datatype_of(array),
-                                          parameters={"binary_data_size": len(raw)}))
+            described, raw = _binary_tensor(name, array)
+            tensors.append(ResponseOutput(**described))
             tail.append(raw)
         else:
             tensors.append(encode_tensor(name, array))
@@ -367,11 +377,8 @@ def encode_binary_request(inputs: dict[str, np.ndarray], binary_output: bool = F
     """Client side: ``(body, headers)`` of an infer request with every input as binary."""
     tensors, tail = [], []
     for name, array in inputs.items():
-        array = np.asarray(array)
-        raw = _tensor_bytes(array)
-        tensors.append({"name": name, "shape": list(array.shape),
-                        "datatype": datatype_of(array),
-                        "parameters": {"binary_data_size": len(raw)}})
+        described, raw = _binary_tensor(name, np.asarray(array))
+        tensors.append(described)
         tail.append(raw)
     request: dict[str, Any] = {"inputs": tensors}
     if request_id is not None:
@@ -385,8 +392,7 @@ def encode_binary_request(inputs: dict[str, np.ndarray], binary_output: bool = F
 
 def decode_response(body: bytes, headers: Any) -> dict[str, np.ndarray]:
     """Client side: the output tensors of an infer response, JSON or binary, by name."""
-    length = headers.get(BINARY_HEADER)
-    json_part, tail = (body, b"") if length is None else (body[:int(length)], body[int(length):])
+    json_part, tail = _split_body(body, headers.get(BINARY_HEADER))
     outputs, offset = {}, 0
     for output in json.loads(json_part)["outputs"]:
         size = (output.get("parameters") or {}).get("binary_data_size")

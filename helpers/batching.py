@@ -14,6 +14,11 @@ computation queue up and leave together as the next batch. The batcher therefore
 asks the policy only when a worker is free (Triton does the same: "when a model
 instance becomes available").
 
+Requests that must not share a batch (different sequence-length buckets, see
+``helpers.bucketing``) wait in separate groups, one queue each, that share the
+same workers: the model still runs one batch per worker at a time, and a free
+worker takes the ready group whose oldest request has waited longest.
+
 Every request gets an answer: its result; ``QueueFullError`` at once when the
 queue is full (a server turns it into 503 + Retry-After); ``DeadlineExceededError``
 when its deadline passed before its batch ran (504; it is never computed);
@@ -26,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +153,9 @@ class DynamicBatcher:
     ``predict_batch`` takes a list of items and returns one result per item, in
     order. It runs in a worker thread (``workers`` of them), never on the event
     loop. Use it as ``async with DynamicBatcher(fn, policy) as batcher: ...``.
+
+    ``group_of(item)``, if given, names the group an item belongs to; a batch only
+    ever holds items of one group, and the policy decides per group.
     """
 
     def __init__(
@@ -158,6 +166,7 @@ class DynamicBatcher:
         max_queue: int = 1024,
         workers: int = 1,
         default_timeout_s: float | None = None,
+        group_of: Callable[[Any], Hashable] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_queue < 1 or workers < 1:
@@ -166,10 +175,12 @@ class DynamicBatcher:
         self.policy = policy or BatchPolicy()
         self.max_queue = max_queue
         self.default_timeout_s = default_timeout_s
+        self.group_of = group_of
         self.stats = BatcherStats()
         self._clock = clock
         self._workers = workers
-        self._queue: deque[_Pending] = deque()
+        # group -> its waiting requests, oldest first; a group with none is removed
+        self._queues: dict[Hashable, deque[_Pending]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._scheduler: asyncio.Task | None = None
         self._arrived: asyncio.Event | None = None
@@ -206,7 +217,7 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return sum(len(queue) for queue in self._queues.values())
 
     # -- the front door --------------------------------------------------------------
     async def submit(self, item: Any, timeout_s: float | None = None) -> Any:
@@ -215,14 +226,15 @@ class DynamicBatcher:
             raise RuntimeError("start the batcher first (async with DynamicBatcher(...))")
         if self._closing:
             raise BatcherClosedError("the batcher is shutting down")
-        if len(self._queue) >= self.max_queue:
+        if self.queue_depth >= self.max_queue:  # one bound over all groups
             self.stats.rejected += 1
             raise QueueFullError(self.max_queue, self._retry_after_s())
         timeout_s = self.default_timeout_s if timeout_s is None else timeout_s
         now = self._clock()
         pending = _Pending(item, asyncio.get_running_loop().create_future(), now,
                            None if timeout_s is None else now + timeout_s)
-        self._queue.append(pending)
+        group = None if self.group_of is None else self.group_of(item)
+        self._queues.setdefault(group, deque()).append(pending)
         self._arrived.set()
         try:
             # shield: our timer or our caller's cancellation must not cancel the
@@ -261,25 +273,44 @@ class DynamicBatcher:
 
     async def _next_batch(self) -> list[_Pending] | None:
         while True:
-            self._queue = deque(self._keep_live(self._queue))
-            if not self._queue:
+            self._drop_finished()
+            if not self._queues:
                 if self._closing:
                     return None
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            oldest_wait = self._clock() - self._queue[0].enqueued
-            take = self.policy.decide(len(self._queue), oldest_wait)
-            if self._closing:  # draining: nobody else is coming
-                take = min(len(self._queue), self.policy.max_batch_size)
-            if take:
-                return [self._queue.popleft() for _ in range(take)]
+            now, ready, wait_s = self._clock(), [], float("inf")
+            for group, queue in self._queues.items():
+                oldest_wait = now - queue[0].enqueued
+                take = self.policy.decide(len(queue), oldest_wait)
+                if self._closing:  # draining: nobody else is coming
+                    take = min(len(queue), self.policy.max_batch_size)
+                if take:
+                    ready.append((queue[0].enqueued, group, take))
+                else:
+                    wait_s = min(wait_s, self.policy.wait_budget_s(oldest_wait))
+            if ready:  # the group whose oldest request has waited longest goes first
+                _, group, take = min(ready, key=lambda r: r[0])
+                queue = self._queues[group]
+                batch = [queue.popleft() for _ in range(take)]
+                if not queue:
+                    del self._queues[group]
+                return batch
             self._arrived.clear()
-            try:  # wait for company, at most until the oldest request's wait runs out
-                await asyncio.wait_for(self._arrived.wait(),
-                                       self.policy.wait_budget_s(oldest_wait))
+            try:  # wait for company, at most until some oldest request's wait runs out
+                await asyncio.wait_for(self._arrived.wait(), wait_s)
             except TimeoutError:
                 pass
+
+    def _drop_finished(self) -> None:
+        """Apply ``_keep_live`` to every group's queue and forget the groups left empty."""
+        for group in list(self._queues):
+            live = self._keep_live(self._queues[group])
+            if live:
+                self._queues[group] = deque(live)
+            else:
+                del self._queues[group]
 
     def _keep_live(self, pendings) -> list[_Pending]:
         """Drop requests whose caller left; fail those whose deadline just passed."""

@@ -8,6 +8,7 @@ Bucketing sends requests to separate queues by length (``boundaries=(16, 32, 64)
 gives buckets <=16, <=32, <=64 and longer), so a batch holds similar lengths. The
 price: each bucket fills more slowly, so a batch waits longer for company — which
 is why the same ``BatchPolicy`` (max wait) still bounds the wait in every bucket.
+The buckets share one batcher's workers (``DynamicBatcher(group_of=...)``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import bisect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .batching import BatcherStats, BatchPolicy, DynamicBatcher
+from .batching import BatchPolicy, DynamicBatcher
 
 __all__ = ["bucket_for", "padding_waste", "pad_to_longest", "BucketedBatcher"]
 
@@ -44,8 +45,12 @@ def pad_to_longest(sequences: Sequence[Sequence[int]], pad_id: int = 0):
     return ids, mask
 
 
-class BucketedBatcher:
-    """One ``DynamicBatcher`` per length bucket, behind the same ``submit`` interface."""
+class BucketedBatcher(DynamicBatcher):
+    """A ``DynamicBatcher`` whose groups are length buckets: a batch holds similar lengths.
+
+    The buckets share the batcher's workers and its bounded queue: on a CPU, two
+    buckets computing at once would only fight over the same cores.
+    """
 
     def __init__(self, predict_batch: Callable[[list[Any]], Sequence[Any]],
                  policy: BatchPolicy, boundaries: Sequence[int],
@@ -54,41 +59,7 @@ class BucketedBatcher:
             raise ValueError(f"boundaries must be increasing and non-empty, got {boundaries}")
         self.boundaries = tuple(boundaries)
         self.length_of = length_of
-        self.buckets = [DynamicBatcher(predict_batch, policy, **batcher_kwargs)
-                        for _ in range(len(self.boundaries) + 1)]
+        super().__init__(predict_batch, policy, group_of=self.bucket_of, **batcher_kwargs)
 
-    async def start(self) -> BucketedBatcher:
-        for batcher in self.buckets:
-            await batcher.start()
-        return self
-
-    async def close(self) -> None:
-        for batcher in self.buckets:
-            await batcher.close()
-
-    async def __aenter__(self) -> BucketedBatcher:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def submit(self, item: Any, timeout_s: float | None = None) -> Any:
-        bucket = bucket_for(self.length_of(item), self.boundaries)
-        return await self.buckets[bucket].submit(item, timeout_s=timeout_s)
-
-    @property
-    def queue_depth(self) -> int:
-        return sum(b.queue_depth for b in self.buckets)
-
-    @property
-    def stats(self) -> BatcherStats:
-        """All buckets' stats folded together (a fresh object each time)."""
-        total = BatcherStats()
-        for b in self.buckets:
-            s = b.stats
-            total.batch_sizes.update(s.batch_sizes)
-            total.queue_time.merge(s.queue_time)
-            total.compute_time.merge(s.compute_time)
-            for name in ("completed", "rejected", "expired", "cancelled", "failed"):
-                setattr(total, name, getattr(total, name) + getattr(s, name))
-        return total
+    def bucket_of(self, item: Any) -> int:
+        return bucket_for(self.length_of(item), self.boundaries)

@@ -191,7 +191,7 @@ class ModelRegistry:
         prepare = getattr(model, "prepare", None)
         return Work(prepare(rows) if prepare is not None else rows)
 
-    def _batcher(self, name: str, version: str, model: Any) -> DynamicBatcher | BucketedBatcher:
+    def _batcher(self, name: str, version: str, model: Any) -> DynamicBatcher:
         labels = {"model": name, "version": version}
         queue_duration = self.metrics.queue_duration.labels(**labels)
         compute_duration = self.metrics.compute_duration.labels(**labels)

@@ -101,6 +101,45 @@ def test_requests_queued_during_a_computation_leave_together():
     assert batcher.stats.completed == 10 and batcher.stats.queue_time.count == 10
 
 
+def test_groups_never_share_a_batch_share_the_worker_and_go_oldest_first():
+    async def scenario():
+        model = GatedModel()
+        policy = BatchPolicy(max_batch_size=2, max_wait_s=0)
+        async with DynamicBatcher(model, policy, group_of=lambda x: x // 100) as batcher:
+            blocker = asyncio.create_task(batcher.submit(0))
+            await _until(model.entered.is_set)             # the only worker is busy
+            rest = []
+            for queued, item in enumerate((1, 101, 2, 3), 1):  # groups 0, 1, 0, 0 in order
+                rest.append(asyncio.create_task(batcher.submit(item)))
+                await _until(lambda n=queued: batcher.queue_depth == n)
+            model.gate.set()
+            results = await asyncio.gather(blocker, *rest)
+        return model, results
+
+    model, results = asyncio.run(scenario())
+    assert results == [0, 2, 202, 4, 6]
+    # 101 waited for the worker although its group was idle; after [1, 2], group 1's
+    # oldest (101) had waited longer than group 0's (3), so it went first.
+    assert model.calls == [[0], [1, 2], [101], [3]]
+
+
+def test_the_queue_bound_covers_every_group():
+    async def scenario():
+        model = GatedModel()
+        async with DynamicBatcher(model, BatchPolicy(max_batch_size=1, max_wait_s=0),
+                                  max_queue=2, group_of=lambda x: x % 2) as batcher:
+            running = asyncio.create_task(batcher.submit(0))
+            await _until(model.entered.is_set)
+            queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]  # two groups
+            await _until(lambda: batcher.queue_depth == 2)
+            with pytest.raises(QueueFullError):
+                await batcher.submit(3)
+            model.gate.set()
+            return await asyncio.gather(running, *queued)
+
+    assert asyncio.run(scenario()) == [0, 2, 4]
+
+
 def test_max_wait_lets_a_burst_fill_one_batch():
     async def scenario():
         calls = []

@@ -1,4 +1,6 @@
 import asyncio
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -48,6 +50,29 @@ def test_bucketing_groups_similar_lengths_and_cuts_padding():
         return 1 - sum(map(sum, batches)) / sum(len(b) * max(b) for b in batches)
 
     assert waste(bucketed) < 0.2 < 0.4 < waste(mixed)
+
+
+def test_buckets_take_turns_on_the_same_worker():
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def batch(items):  # slow enough that two buckets would overlap if they could
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return items
+
+    async def scenario():
+        policy = BatchPolicy(max_batch_size=2, max_wait_s=0)
+        async with BucketedBatcher(batch, policy, (4, 8), len, workers=1) as batcher:
+            return await asyncio.gather(*(batcher.submit("x" * n) for n in (2, 6, 12, 3, 7, 11)))
+
+    assert asyncio.run(scenario()) == ["x" * n for n in (2, 6, 12, 3, 7, 11)]
+    assert most == 1  # one worker: one batch at a time, whatever its bucket
 
 
 def test_bucketed_batcher_rejects_bad_bounds_and_sums_stats():

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["DEVICE_ENV", "pick_device", "synchronize", "DeviceTimer", "describe"]
+__all__ = ["DEVICE_ENV", "pick_device", "synchronize", "DeviceTimer", "describe",
+           "usable_cores", "threads_per_worker"]
 
 DEVICE_ENV = "COURSE_DEVICE"
 _ORDER = ("cuda", "mps", "cpu")
@@ -45,6 +46,28 @@ def pick_device(prefer: str | None = None) -> torch.device:
             f"device {wanted!r} was asked for (argument or ${DEVICE_ENV}) but is not available here"
         )
     return device
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Torch intra-op threads for each of ``workers`` model threads: the cores, shared.
+
+    Every worker's op runs on its own team of ``torch.get_num_threads()`` threads,
+    so ``workers`` x threads must not exceed the cores, or the teams fight over them
+    (oversubscription). On a CPU, several workers with fewer threads each usually
+    beat one worker with all of them: one worker's Python overhead (dispatching
+    each layer) overlaps the others' compute.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return max(1, (cores or usable_cores()) // workers)
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -42,6 +42,7 @@ from . import __version__
 from .batching import BatcherClosedError, BatchPolicy, DeadlineExceededError, QueueFullError
 from .cache import cache_key
 from .data import FEATURES
+from .device import threads_per_worker
 from .http_guards import (
     BodySizeLimit,
     FrontDoor,
@@ -80,7 +81,8 @@ class ServerSettings:
     max_wait_ms: float = 2.0        # a small share of the 50 ms SLO
     max_queue: int = 256            # bounded: overload answers 503 instead of queueing forever
     max_in_flight: int = 512        # HTTP requests being handled at once; more get 503 at the door
-    workers: int = 1                # model threads per version
+    workers: int = 1                # model threads per version (model instances, in Triton's words)
+    torch_threads: int = 0          # intra-op threads per worker; 0: cores // workers
     buckets: tuple[int, ...] = ()   # token-length bucket bounds for text models, e.g. (16, 32, 64)
     timeout_ms: float = 2000.0      # default deadline: nothing waits forever
     max_body_bytes: int = 1 << 20   # 1 MiB: ~40,000 wafer records in one body
@@ -103,6 +105,10 @@ class ServerSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def intra_op_threads(self) -> int:
+        """Torch threads per model worker: ``torch_threads``, or the cores shared out."""
+        return self.torch_threads or threads_per_worker(self.workers)
+
 
 def _parse_setting(name: str, raw: str) -> Any:
     if name == "repository":
@@ -117,8 +123,8 @@ def _parse_setting(name: str, raw: str) -> Any:
         return raw
     number = float(raw)
     return int(number) if name in ("max_batch_size", "max_queue", "max_in_flight", "workers",
-                                   "max_body_bytes", "max_records", "cache_entries",
-                                   "max_jobs") else number
+                                   "torch_threads", "max_body_bytes", "max_records",
+                                   "cache_entries", "max_jobs") else number
 
 
 # -- request checks ------------------------------------------------------------------
@@ -458,6 +464,7 @@ def _live_values(registry: ModelRegistry, cache: Any):
 
 # -- python -m helpers.server ----------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
+    import torch
     import uvicorn
 
     parser = argparse.ArgumentParser(
@@ -476,6 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {f.name: _parse_setting(f.name, getattr(args, f.name))
                  for f in fields(ServerSettings) if getattr(args, f.name) is not None}
     settings = ServerSettings.from_env(**overrides)
+    # Process-wide, so only here: a server run in a notebook's thread leaves the
+    # notebook's torch settings alone.
+    torch.set_num_threads(settings.intra_op_threads())
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=args.shutdown_grace_s)
 

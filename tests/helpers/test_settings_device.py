@@ -73,3 +73,22 @@ def test_cuda_timer_waits_for_the_kernel():
         (x @ x).sum()
     assert timer.elapsed_s > 0
     assert "cuda" in device.describe(dev)
+
+
+def test_workers_share_the_cores_without_oversubscribing_them():
+    assert device.threads_per_worker(1, cores=8) == 8
+    assert device.threads_per_worker(2, cores=8) == 4
+    assert device.threads_per_worker(3, cores=8) == 2   # 3 x 2 <= 8: never more than the cores
+    assert device.threads_per_worker(4, cores=2) == 1   # but every worker gets one
+    assert 1 <= device.usable_cores()
+    with pytest.raises(ValueError, match="workers"):
+        device.threads_per_worker(0, cores=8)
+
+
+def test_the_server_sets_torch_threads_from_its_workers(monkeypatch):
+    from helpers.server import ServerSettings
+
+    monkeypatch.setattr(device, "usable_cores", lambda: 8)
+    assert ServerSettings(workers=2).intra_op_threads() == 4
+    assert ServerSettings(workers=2, torch_threads=1).intra_op_threads() == 1
+    assert ServerSettings.from_env({"SERVE_TORCH_THREADS": "3"}).intra_op_threads() == 3

@@ -15,7 +15,11 @@ with the ratios of each to raw (how close the server gets to the limit) and
 batched/unbatched (what batching buys). For the HTTP stack: the server answering a
 near-trivial model (wafer-mlp) against a bare FastAPI echo app.
 
-    python benchmarks/bench_serving.py [--seconds 8] [--users 64]
+    python benchmarks/bench_serving.py [--seconds 8] [--users 64] [--workers 2]
+
+The server runs ``--workers`` model threads with the cores shared among them
+(``--torch-threads`` left to its default), and the raw limit is measured with as
+many threads calling the model, so both use the same configuration.
 
 Results go to benchmarks/results/serving.json and serving.png. The load generator
 runs on the same machine as the server: on a small machine it takes CPU the
@@ -28,20 +32,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from helpers import data, loadgen, models, training  # noqa: E402
-from helpers.device import describe, pick_device  # noqa: E402
+from helpers.device import describe, pick_device, threads_per_worker, usable_cores  # noqa: E402
 from helpers.protocol import encode_binary_request  # noqa: E402
 from helpers.serving import free_port, serve_subprocess, wait_until_ready  # noqa: E402
 from helpers.wafermaps import make_wafer_maps  # noqa: E402
@@ -50,15 +55,31 @@ RESULTS = ROOT / "benchmarks" / "results"
 LOT = 25  # wafers per lot: what an inspection tool sends at once
 
 
-def raw_throughput(model, batches: list[np.ndarray], seconds: float) -> float:
-    """Items per second calling ``model.predict`` on full batches, in turn."""
+def raw_throughput(model, batches: list[np.ndarray], seconds: float, workers: int) -> float:
+    """Items per second with ``workers`` threads calling ``model.predict`` on full batches.
+
+    The threads share the cores as the server's workers do (``threads_per_worker``),
+    so the limit and the server are measured in the same configuration.
+    """
+    torch.set_num_threads(threads_per_worker(workers))
     model.predict(batches[0])  # warm-up
-    done, calls, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or calls < len(batches):  # each batch once
-        batch = batches[calls % len(batches)]
-        model.predict(batch)
-        done, calls = done + len(batch), calls + 1
-    return done / (time.perf_counter() - start)
+    done = [0] * workers
+    start = time.perf_counter()
+
+    def loop(worker: int) -> None:
+        calls = worker
+        while time.perf_counter() - start < seconds or calls < len(batches):  # each batch once
+            batch = batches[calls % len(batches)]
+            model.predict(batch)
+            done[worker] += len(batch)
+            calls += workers
+
+    threads = [threading.Thread(target=loop, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - start)
 
 
 def server_throughput(url: str, server_pid: int, requests: list[loadgen.Request],
@@ -104,10 +125,14 @@ def bench_model(name: str, batches: list[np.ndarray], scenarios: dict, args, dev
     """``batches`` give the raw limit; ``scenarios``: label -> (server flags, requests,
     items per request, users)."""
     model = models.load_model(name, device=device)
-    raw = raw_throughput(model, batches, args.seconds)
-    out = {"model": name, "raw_items_per_s": raw, "max_batch_size": len(batches[0])}
+    raw = raw_throughput(model, batches, args.seconds, args.workers)
+    out = {"model": name, "raw_items_per_s": raw, "max_batch_size": len(batches[0]),
+           "workers": args.workers, "torch_threads": threads_per_worker(args.workers)}
+    if args.workers > 1:  # what the worker configuration buys over one worker with every core
+        out["raw_one_worker_items_per_s"] = raw_throughput(model, batches, args.seconds, 1)
     for label, (flags, requests, items, users) in scenarios.items():
-        server_args = ["--models", name, "--max-queue", "1024", "--timeout-ms", "60000", *flags]
+        server_args = ["--models", name, "--max-queue", "1024", "--timeout-ms", "60000",
+                       "--workers", str(args.workers), *flags]
         with serve_subprocess(*server_args) as server:
             out[label] = server_throughput(server.url, server.process.pid, requests, items,
                                            users, args.seconds)
@@ -205,10 +230,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     parser.add_argument("--users", type=int, default=64, help="closed-loop concurrency")
+    parser.add_argument("--workers", type=int, default=min(2, usable_cores()),
+                        help="model threads in the server and in the raw measurement")
     args = parser.parse_args(argv)
     training.ensure_wafer_models()
     device = pick_device()
-    results = {"device": describe(device), "cpu_count": os.cpu_count(),
+    results = {"device": describe(device), "cpu_count": usable_cores(),
                "seconds": args.seconds, "users": args.users,
                "models": [bench_cnn(args, device), bench_embedder(args, device)],
                "http": bench_http_stack(args)}
@@ -219,7 +246,11 @@ def main(argv=None) -> dict:
     print(f"device: {results['device']}, {results['cpu_count']} CPUs")
     for r in results["models"]:
         print(f"{r['model']}: raw {r['raw_items_per_s']:.0f}/s (batches of "
-              f"{r['max_batch_size']}); batched/unbatched {r['batched_over_unbatched']:.2f}x")
+              f"{r['max_batch_size']}, {r['workers']} workers x {r['torch_threads']} torch "
+              f"threads); batched/unbatched {r['batched_over_unbatched']:.2f}x")
+        if "raw_one_worker_items_per_s" in r:
+            print(f"  raw with one worker of {threads_per_worker(1)} threads: "
+                  f"{r['raw_one_worker_items_per_s']:.0f}/s")
         for label in SCENARIOS:
             if label in r:
                 s = r[label]

@@ -2,6 +2,9 @@
 
 For the wafer-map CNN and the note embedder, in items (maps, notes) per second:
   raw        the model alone, called with full batches in a loop: the limit
+  in-process the server's own batcher (the registry's, same policy, workers and
+             buckets) driven by as many asyncio users in this process: no HTTP, so
+             the gap to raw is batching's cost and the gap to the server is HTTP's
   batched    the server at saturation (closed loop, many users), dynamic batching on,
              one item per request
   unbatched  the same server with max_batch_size=1
@@ -12,7 +15,10 @@ and for the CNN also
 and for the embedder also
   buckets    batched within token-length buckets (<=8, <=16, ... <=128, longer)
 with the ratios of each to raw (how close the server gets to the limit) and
-batched/unbatched (what batching buys). For the HTTP stack: the server answering a
+batched/unbatched (what batching buys). A shared machine's speed drifts by 10-20 %
+over minutes, so the limit is measured again (for half as long) just before every
+scenario, and each ratio is taken against that paired limit; the spread of the
+limit over the run is reported beside it. For the HTTP stack: the server answering a
 near-trivial model (wafer-mlp) against a bare FastAPI echo app.
 
     python benchmarks/bench_serving.py [--seconds 8] [--users 64] [--workers 2]
@@ -46,8 +52,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from helpers import data, loadgen, models, training  # noqa: E402
+from helpers.batching import BatchPolicy  # noqa: E402
 from helpers.device import describe, pick_device, threads_per_worker, usable_cores  # noqa: E402
+from helpers.metrics import ServingMetrics  # noqa: E402
 from helpers.protocol import encode_binary_request  # noqa: E402
+from helpers.registry import ModelRegistry  # noqa: E402
 from helpers.serving import free_port, serve_subprocess, wait_until_ready  # noqa: E402
 from helpers.wafermaps import make_wafer_maps  # noqa: E402
 
@@ -121,22 +130,76 @@ def binary_requests(model: str, input_name: str, arrays: list[np.ndarray]
     return requests
 
 
-def bench_model(name: str, batches: list[np.ndarray], scenarios: dict, args, device) -> dict:
+def batcher_throughput(model, rows: list[np.ndarray], flags: list[str], users: int,
+                       seconds: float, workers: int) -> dict:
+    """Closed loop on the server's batcher in this process: no HTTP, no generator.
+
+    The batcher is the one the server builds (``ModelRegistry``, from the same
+    flags), and each request's rows go through ``registry.work`` (the embedder
+    tokenises there, on the event loop, as in the server).
+    """
+    settings = dict(zip(flags[::2], flags[1::2], strict=True))
+    policy = BatchPolicy(int(settings["--max-batch-size"]),
+                         float(settings["--max-wait-ms"]) / 1000)
+    buckets = tuple(int(b) for b in settings.get("--buckets", "").split(",") if b)
+
+    async def drive() -> float:
+        registry = ModelRegistry(None, policy, max_queue=1024, workers=workers,
+                                 metrics=ServingMetrics(), buckets=buckets)
+        served = await registry.add(model)
+        done, warm_until = 0, time.perf_counter() + min(2.0, seconds / 4)
+        stop = warm_until + seconds
+
+        async def user(first: int) -> None:
+            nonlocal done
+            i = first
+            while time.perf_counter() < stop:
+                await served.batcher.submit(registry.work(model, rows[i % len(rows)]))
+                if time.perf_counter() > warm_until:
+                    done += len(rows[i % len(rows)])
+                i += users
+
+        try:
+            await asyncio.gather(*(user(u) for u in range(users)))
+        finally:
+            await registry.close()
+        return done / (time.perf_counter() - warm_until)
+
+    return {"items_per_s": asyncio.run(drive())}
+
+
+def bench_model(name: str, batches: list[np.ndarray], scenarios: dict, args, device,
+                in_process: tuple[list[np.ndarray], list[str]]) -> dict:
     """``batches`` give the raw limit; ``scenarios``: label -> (server flags, requests,
-    items per request, users)."""
+    items per request, users); ``in_process``: (each request's rows, batcher flags)."""
     model = models.load_model(name, device=device)
     raw = raw_throughput(model, batches, args.seconds, args.workers)
     out = {"model": name, "raw_items_per_s": raw, "max_batch_size": len(batches[0]),
            "workers": args.workers, "torch_threads": threads_per_worker(args.workers)}
     if args.workers > 1:  # what the worker configuration buys over one worker with every core
         out["raw_one_worker_items_per_s"] = raw_throughput(model, batches, args.seconds, 1)
+
+    def paired_limit() -> float:
+        # the machine drifts: each scenario is compared with the limit measured just before
+        return raw_throughput(model, batches, args.seconds / 2, args.workers)
+
+    limits = [raw]
+    rows, flags = in_process
+    limits.append(paired_limit())
+    out["in_process"] = batcher_throughput(model, rows, flags, args.users, args.seconds,
+                                           args.workers)
+    out["in_process"].update(paired_raw_items_per_s=limits[-1],
+                             over_raw=out["in_process"]["items_per_s"] / limits[-1])
     for label, (flags, requests, items, users) in scenarios.items():
         server_args = ["--models", name, "--max-queue", "1024", "--timeout-ms", "60000",
                        "--workers", str(args.workers), *flags]
+        limits.append(paired_limit())
         with serve_subprocess(*server_args) as server:
             out[label] = server_throughput(server.url, server.process.pid, requests, items,
                                            users, args.seconds)
-        out[label]["over_raw"] = out[label]["items_per_s"] / raw
+        out[label].update(paired_raw_items_per_s=limits[-1],
+                          over_raw=out[label]["items_per_s"] / limits[-1])
+    out["raw_spread"] = [min(limits), max(limits)]
     out["batched_over_unbatched"] = out["batched"]["items_per_s"] / out["unbatched"]["items_per_s"]
     return out
 
@@ -157,13 +220,14 @@ def bench_cnn(args, device) -> dict:
     lots = binary_requests("wafer-cnn", "wafer_map",
                            [maps[i:i + LOT] for i in range(0, len(maps) - LOT + 1, LOT)])
     batch = 32
+    in_process = ([m[None] for m in maps], batching(batch))
     return bench_model("wafer-cnn", [maps[:batch]], {
         "batched": (batching(batch), single, 1, args.users),
         "unbatched": (UNBATCHED, single, 1, args.users),
         "json": (batching(batch), as_json, 1, args.users),
         # two lots per model call at most; a few users keep the model busy
         "lots": (batching(2), lots, LOT, 8),
-    }, args, device)
+    }, args, device, in_process)
 
 
 def bench_embedder(args, device) -> dict:
@@ -175,11 +239,13 @@ def bench_embedder(args, device) -> dict:
     by_length = np.array(sorted(notes, key=len), dtype=object)
     batch = 32
     batches = [by_length[i:i + batch] for i in range(0, len(by_length) - batch + 1, batch)]
+    bucketed = batching(batch) + ["--buckets", "8,16,32,64,128"]
+    in_process = ([np.array([n], dtype=object) for n in notes], bucketed)
     return bench_model("note-embedder", batches, {
         "batched": (batching(batch), single, 1, args.users),
-        "buckets": (batching(batch) + ["--buckets", "8,16,32,64,128"], single, 1, args.users),
+        "buckets": (bucketed, single, 1, args.users),
         "unbatched": (UNBATCHED, single, 1, args.users),
-    }, args, device)
+    }, args, device, in_process)
 
 
 def bench_http_stack(args) -> dict:
@@ -204,7 +270,8 @@ def bench_http_stack(args) -> dict:
             "server_over_echo": ours["requests_per_s"] / bare["requests_per_s"]}
 
 
-SCENARIOS = {"batched": "server\nbatched", "unbatched": "server\nunbatched",
+SCENARIOS = {"in_process": "batcher in-process\n(no HTTP)", "batched": "server\nbatched",
+             "unbatched": "server\nunbatched",
              "json": "batched,\nJSON maps", "lots": f"batched,\n{LOT}-map lots",
              "buckets": "batched by\nlength bucket"}
 
@@ -245,19 +312,25 @@ def main(argv=None) -> dict:
 
     print(f"device: {results['device']}, {results['cpu_count']} CPUs")
     for r in results["models"]:
+        low, high = r["raw_spread"]
         print(f"{r['model']}: raw {r['raw_items_per_s']:.0f}/s (batches of "
               f"{r['max_batch_size']}, {r['workers']} workers x {r['torch_threads']} torch "
-              f"threads); batched/unbatched {r['batched_over_unbatched']:.2f}x")
+              f"threads; {low:.0f}-{high:.0f}/s over the run); batched/unbatched "
+              f"{r['batched_over_unbatched']:.2f}x")
         if "raw_one_worker_items_per_s" in r:
             print(f"  raw with one worker of {threads_per_worker(1)} threads: "
                   f"{r['raw_one_worker_items_per_s']:.0f}/s")
         for label in SCENARIOS:
-            if label in r:
-                s = r[label]
-                print(f"  {SCENARIOS[label].replace(chr(10), ' '):22s} {s['items_per_s']:7.0f}/s "
-                      f"= {s['over_raw']:.2f} of raw  (p99 {s['p99_ms']:.0f} ms; cores: server "
-                      f"{s['server_cores']:.2f}, generator {s['client_cores']:.2f}; "
-                      f"errors {s['errors'] or 0})")
+            if label not in r:
+                continue
+            s = r[label]
+            line = (f"  {SCENARIOS[label].replace(chr(10), ' '):29s} {s['items_per_s']:7.0f}/s "
+                    f"= {s['over_raw']:.2f} of raw ({s['paired_raw_items_per_s']:.0f}/s "
+                    f"just before)")
+            if "p99_ms" in s:
+                line += (f"  p99 {s['p99_ms']:.0f} ms; cores: server {s['server_cores']:.2f}, "
+                         f"generator {s['client_cores']:.2f}; errors {s['errors'] or 0}")
+            print(line)
     http = results["http"]
     print(f"HTTP stack: server with wafer-mlp {http['server_trivial_model']['requests_per_s']:.0f}"
           f" req/s vs bare FastAPI echo {http['bare_fastapi_echo']['requests_per_s']:.0f} req/s"

@@ -1,0 +1,51 @@
+"""The benchmark's in-process scenario drives the server's own batcher, as configured."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS.parent / "benchmarks"))
+import bench_serving as bench  # noqa: E402
+from serving_fixtures import SlowModel  # noqa: E402
+
+
+class LengthModel(SlowModel):
+    """Rows are token lists (after ``prepare``); answers each row's length."""
+
+    def __init__(self):
+        super().__init__("lengths", delay_s=0.01)
+
+    def prepare(self, texts):
+        rows = np.empty(len(texts), dtype=object)
+        rows[:] = [list(range(len(str(t).split()))) for t in texts]
+        return rows
+
+    def predict(self, rows):
+        self.release.wait(30)
+        self.calls.append([len(r) for r in rows])
+        return np.array([len(r) for r in rows], dtype=np.float32)
+
+
+def test_in_process_scenario_batches_with_the_flags_policy():
+    model = SlowModel(delay_s=0.01)
+    rows = [np.full((1, 8), i, np.float32) for i in range(16)]
+    result = bench.batcher_throughput(model, rows, ["--max-batch-size", "4", "--max-wait-ms",
+                                                    "5"], users=16, seconds=0.3, workers=1)
+    assert result["items_per_s"] > 0
+    assert max(model.calls) == 4  # 16 users queue up; the policy cuts batches of 4
+    assert min(model.calls) >= 1
+
+
+def test_in_process_scenario_prepares_rows_and_keeps_buckets_apart():
+    model = LengthModel()
+    texts = ["a b", "a b c d e f g h i j", "a", "a b c d e f g h i j k l"]
+    rows = [np.array([t], dtype=object) for t in texts]
+    bench.batcher_throughput(model, rows, ["--max-batch-size", "8", "--max-wait-ms", "5",
+                                           "--buckets", "4"], users=8, seconds=0.3, workers=1)
+    assert model.calls, "the model was never called"
+    for lengths in model.calls:  # tokenised by prepare, and never <=4 mixed with >4
+        assert all(n <= 4 for n in lengths) or all(n > 4 for n in lengths), lengths
+    assert any(len(lengths) > 1 for lengths in model.calls)

@@ -40,6 +40,7 @@ __all__ = [
     "InferenceResponse",
     "BINARY_HEADER",
     "describe_errors",
+    "inline_json_schema",
     "parse_infer_request",
     "decode_tensor",
     "decode_inputs",
@@ -101,6 +102,29 @@ class ResponseOutput(BaseModel):
     datatype: str
     data: list[Any] | None = None  # None when the tensor travels as binary
     parameters: dict[str, Any] | None = None
+
+
+def inline_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` substituted in place.
+
+    The infer route reads its raw body itself (binary tensors may follow the JSON),
+    so FastAPI cannot see the body's model; the server hands this schema to
+    ``/docs`` instead, and a self-contained schema needs no shared components.
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
 
 
 def describe_errors(errors: list[dict]) -> str:

@@ -54,9 +54,11 @@ from .metrics import ServingMetrics
 from .models import default_repository, list_models
 from .protocol import (
     BINARY_HEADER,
+    InferenceRequest,
     ProtocolError,
     decode_inputs,
     encode_response,
+    inline_json_schema,
     parse_infer_request,
     wants_binary_output,
 )
@@ -148,6 +150,33 @@ def features_to_rows(records: list[dict[str, Any]]) -> np.ndarray:
                 raise ProtocolError(f"record {i}: {name}={value!r} is not finite", 422)
             rows[i, j] = value
     return rows
+
+
+# -- what /docs shows ----------------------------------------------------------------
+# The routes below read their raw bodies themselves (to accept binary tensors, and to
+# answer a malformed body with a message of our own), so FastAPI cannot infer them:
+# these tell /docs what to send, with an example ready to try.
+_RECORD_EXAMPLE = {"temperature_c": 349.4, "pressure_torr": 2.12, "gas_flow_sccm": 115.0,
+                   "particle_count": 25, "humidity_pct": 44.5, "rf_power_w": 1539.9,
+                   "chamber_hours": 7.25, "vibration_mm_s": 0.62}
+_RECORD_SCHEMA = {"type": "object", "required": list(FEATURES),
+                  "properties": {name: {"type": "number"} for name in FEATURES}}
+
+
+def _json_body(schema: dict[str, Any], example: Any) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema, "example": example}}}}
+
+
+INFER_BODY = _json_body(inline_json_schema(InferenceRequest), {"inputs": [{
+    "name": "process_features", "shape": [1, len(FEATURES)], "datatype": "FP32",
+    "data": list(_RECORD_EXAMPLE.values())}]})
+FEATURES_BODY = _json_body({"type": "object", "required": ["features"],
+                            "properties": {"features": _RECORD_SCHEMA}},
+                           {"features": _RECORD_EXAMPLE})
+RECORDS_BODY = _json_body({"type": "object", "required": ["records"],
+                           "properties": {"records": {"type": "array", "items": _RECORD_SCHEMA}}},
+                          {"records": [_RECORD_EXAMPLE, _RECORD_EXAMPLE]})
 
 
 # -- the app -------------------------------------------------------------------------
@@ -280,8 +309,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
             raise ProtocolError(f"body is not valid JSON: {exc}") from None
 
     # -- inference (registered first: routes are tried in order, and this is the hot path)
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
+    @app.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY)
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY)
     async def infer(name: str, request: Request, version: str | None = None):
         """v2 infer: a JSON body, or JSON + binary tensors (the binary data extension)."""
         served = resolve(request, name, version)
@@ -332,7 +361,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
             return JSONResponse({"name": name, "ready": False, "error": str(exc)}, 503)
         return {"name": name, "version": served.version, "ready": True}
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=FEATURES_BODY)
     async def predict_one(request: Request, model: str | None = None):
         body = await json_body(request)
         features = body.get("features") if isinstance(body, dict) else None
@@ -343,14 +372,14 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         probs = await predict(served, rows, deadline_s(request))
         return plain(served, defect_probability=float(probs[0]))
 
-    @app.post("/predict/batch")
+    @app.post("/predict/batch", openapi_extra=RECORDS_BODY)
     async def predict_batch(request: Request, model: str | None = None):
         records = records_of(await json_body(request))
         served = resolve(request, model or settings.default_model, None)
         probs = await predict(served, checked_rows(records), deadline_s(request))
         return plain(served, predictions=[float(p) for p in probs])
 
-    @app.post("/predict/stream")
+    @app.post("/predict/stream", openapi_extra=RECORDS_BODY)
     async def predict_stream(request: Request, model: str | None = None, chunk: int = 64):
         """NDJSON: one line per record, in order, sent as each chunk completes."""
         records = records_of(await json_body(request))
@@ -388,7 +417,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
                                  headers={VERSION_HEADER: served.version})
 
     # -- async jobs ---------------------------------------------------------------------
-    @app.post("/jobs", status_code=202)
+    @app.post("/jobs", status_code=202, openapi_extra=RECORDS_BODY)
     async def submit_job(request: Request, model: str | None = None):
         # no max_records: jobs exist for big requests (the body limit still applies)
         records = records_of(await json_body(request), limited=False)

@@ -270,7 +270,7 @@ def bench_http_stack(args) -> dict:
             "server_over_echo": ours["requests_per_s"] / bare["requests_per_s"]}
 
 
-SCENARIOS = {"in_process": "batcher in-process\n(no HTTP)", "batched": "server\nbatched",
+SCENARIOS = {"in_process": "in-process\n(no HTTP)", "batched": "server\nbatched",
              "unbatched": "server\nunbatched",
              "json": "batched,\nJSON maps", "lots": f"batched,\n{LOT}-map lots",
              "buckets": "batched by\nlength bucket"}
@@ -284,10 +284,16 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(results["models"]), figsize=(6 * len(results["models"]), 4))
     for ax, r in zip(np.atleast_1d(axes), results["models"], strict=True):
         labels = [s for s in SCENARIOS if s in r]
-        ax.bar(["raw model\n(limit)"] + [SCENARIOS[s] for s in labels],
-               [r["raw_items_per_s"]] + [r[s]["items_per_s"] for s in labels],
+        names = ["raw model\n(limit)"] + [SCENARIOS[s] for s in labels]
+        ax.bar(names, [r["raw_items_per_s"]] + [r[s]["items_per_s"] for s in labels],
                color=["grey"] + [f"C{i}" for i in range(len(labels))])
+        ax.scatter(names[1:], [r[s]["paired_raw_items_per_s"] for s in labels], marker="_",
+                   s=900, color="black", label="limit measured just before")
         ax.set(title=r["model"], ylabel="items / s")
+        ax.set_ylim(top=1.25 * max([r["raw_items_per_s"]] + [r[s]["paired_raw_items_per_s"]
+                                                              for s in labels]))
+        ax.tick_params(axis="x", labelsize=8)
+        ax.legend(loc="upper right", fontsize=8, markerscale=0.3)
     fig.suptitle(f"Serving throughput on {results['device']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

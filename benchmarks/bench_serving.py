@@ -154,9 +154,10 @@ def batcher_throughput(model, rows: list[np.ndarray], flags: list[str], users: i
             nonlocal done
             i = first
             while time.perf_counter() < stop:
-                await served.batcher.submit(registry.work(model, rows[i % len(rows)]))
+                request = rows[i % len(rows)]
+                await served.batcher.submit(registry.work(model, request))
                 if time.perf_counter() > warm_until:
-                    done += len(rows[i % len(rows)])
+                    done += len(request)
                 i += users
 
         try:

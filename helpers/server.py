@@ -170,7 +170,7 @@ def _json_body(schema: dict[str, Any], example: Any) -> dict[str, Any]:
 
 INFER_BODY = _json_body(inline_json_schema(InferenceRequest), {"inputs": [{
     "name": "process_features", "shape": [1, len(FEATURES)], "datatype": "FP32",
-    "data": list(_RECORD_EXAMPLE.values())}]})
+    "data": [_RECORD_EXAMPLE[name] for name in FEATURES]}]})
 FEATURES_BODY = _json_body({"type": "object", "required": ["features"],
                             "properties": {"features": _RECORD_SCHEMA}},
                            {"features": _RECORD_EXAMPLE})

@@ -52,11 +52,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from helpers import data, loadgen, models, training  # noqa: E402
-from helpers.batching import BatchPolicy  # noqa: E402
 from helpers.device import describe, pick_device, threads_per_worker, usable_cores  # noqa: E402
 from helpers.metrics import ServingMetrics  # noqa: E402
 from helpers.protocol import encode_binary_request  # noqa: E402
 from helpers.registry import ModelRegistry  # noqa: E402
+from helpers.server import ServerSettings  # noqa: E402
 from helpers.serving import free_port, serve_subprocess, wait_until_ready  # noqa: E402
 from helpers.wafermaps import make_wafer_maps  # noqa: E402
 
@@ -131,21 +131,20 @@ def binary_requests(model: str, input_name: str, arrays: list[np.ndarray]
 
 
 def batcher_throughput(model, rows: list[np.ndarray], flags: list[str], users: int,
-                       seconds: float, workers: int) -> dict:
+                       seconds: float) -> dict:
     """Closed loop on the server's batcher in this process: no HTTP, no generator.
 
-    The batcher is the one the server builds (``ModelRegistry``, from the same
-    flags), and each request's rows go through ``registry.work`` (the embedder
-    tokenises there, on the event loop, as in the server).
+    The batcher is the one a server started with ``flags`` builds (its
+    ``ModelRegistry``, from ``ServerSettings.from_flags``), and each request's rows
+    go through ``registry.work`` (the embedder tokenises there, on the event loop,
+    as in the server).
     """
-    settings = dict(zip(flags[::2], flags[1::2], strict=True))
-    policy = BatchPolicy(int(settings["--max-batch-size"]),
-                         float(settings["--max-wait-ms"]) / 1000)
-    buckets = tuple(int(b) for b in settings.get("--buckets", "").split(",") if b)
+    settings = ServerSettings.from_flags(flags)
 
     async def drive() -> float:
-        registry = ModelRegistry(None, policy, max_queue=1024, workers=workers,
-                                 metrics=ServingMetrics(), buckets=buckets)
+        registry = ModelRegistry(None, settings.batch_policy(), max_queue=settings.max_queue,
+                                 workers=settings.workers, metrics=ServingMetrics(),
+                                 buckets=settings.buckets)
         served = await registry.add(model)
         done, warm_until = 0, time.perf_counter() + min(2.0, seconds / 4)
         stop = warm_until + seconds
@@ -184,18 +183,17 @@ def bench_model(name: str, batches: list[np.ndarray], scenarios: dict, args, dev
         # the machine drifts: each scenario is compared with the limit measured just before
         return raw_throughput(model, batches, args.seconds / 2, args.workers)
 
+    common = ["--max-queue", "1024", "--timeout-ms", "60000", "--workers", str(args.workers)]
     limits = [raw]
     rows, flags = in_process
     limits.append(paired_limit())
-    out["in_process"] = batcher_throughput(model, rows, flags, args.users, args.seconds,
-                                           args.workers)
+    out["in_process"] = batcher_throughput(model, rows, [*common, *flags], args.users,
+                                           args.seconds)
     out["in_process"].update(paired_raw_items_per_s=limits[-1],
                              over_raw=out["in_process"]["items_per_s"] / limits[-1])
     for label, (flags, requests, items, users) in scenarios.items():
-        server_args = ["--models", name, "--max-queue", "1024", "--timeout-ms", "60000",
-                       "--workers", str(args.workers), *flags]
         limits.append(paired_limit())
-        with serve_subprocess(*server_args) as server:
+        with serve_subprocess("--models", name, *common, *flags) as server:
             out[label] = server_throughput(server.url, server.process.pid, requests, items,
                                            users, args.seconds)
         out[label].update(paired_raw_items_per_s=limits[-1],

@@ -107,6 +107,19 @@ class ServerSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def from_flags(cls, flags: list[str]) -> ServerSettings:
+        """Settings from ``python -m helpers.server`` flags: ``["--max-batch-size", "8", ...]``.
+
+        For building in-process what a server started with these flags would run.
+        """
+        names = [flag.removeprefix("--").replace("-", "_") for flag in flags[::2]]
+        return cls(**{name: _parse_setting(name, raw)
+                      for name, raw in zip(names, flags[1::2], strict=True)})
+
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy(self.max_batch_size, self.max_wait_ms / 1000)
+
     def intra_op_threads(self) -> int:
         """Torch threads per model worker: ``torch_threads``, or the cores shared out."""
         return self.torch_threads or threads_per_worker(self.workers)
@@ -202,7 +215,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
     settings = settings or ServerSettings()
     repository = settings.repository or default_repository()
     metrics = ServingMetrics()
-    policy = policy or BatchPolicy(settings.max_batch_size, settings.max_wait_ms / 1000)
+    policy = policy or settings.batch_policy()
     registry = ModelRegistry(repository if repository.is_dir() else None, policy,
                              max_queue=settings.max_queue, workers=settings.workers,
                              metrics=metrics, device=settings.device, buckets=settings.buckets)

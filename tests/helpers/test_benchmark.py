@@ -33,7 +33,7 @@ def test_in_process_scenario_batches_with_the_flags_policy():
     model = SlowModel(delay_s=0.01)
     rows = [np.full((1, 8), i, np.float32) for i in range(16)]
     result = bench.batcher_throughput(model, rows, ["--max-batch-size", "4", "--max-wait-ms",
-                                                    "5"], users=16, seconds=0.3, workers=1)
+                                                    "5"], users=16, seconds=0.3)
     assert result["items_per_s"] > 0
     assert max(model.calls) == 4  # 16 users queue up; the policy cuts batches of 4
     assert min(model.calls) >= 1
@@ -44,7 +44,7 @@ def test_in_process_scenario_prepares_rows_and_keeps_buckets_apart():
     texts = ["a b", "a b c d e f g h i j", "a", "a b c d e f g h i j k l"]
     rows = [np.array([t], dtype=object) for t in texts]
     bench.batcher_throughput(model, rows, ["--max-batch-size", "8", "--max-wait-ms", "5",
-                                           "--buckets", "4"], users=8, seconds=0.3, workers=1)
+                                           "--buckets", "4"], users=8, seconds=0.3)
     assert model.calls, "the model was never called"
     for lengths in model.calls:  # tokenised by prepare, and never <=4 mixed with >4
         assert all(n <= 4 for n in lengths) or all(n > 4 for n in lengths), lengths

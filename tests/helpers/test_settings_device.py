@@ -92,3 +92,15 @@ def test_the_server_sets_torch_threads_from_its_workers(monkeypatch):
     assert ServerSettings(workers=2).intra_op_threads() == 4
     assert ServerSettings(workers=2, torch_threads=1).intra_op_threads() == 1
     assert ServerSettings.from_env({"SERVE_TORCH_THREADS": "3"}).intra_op_threads() == 3
+
+
+def test_server_flags_give_the_same_settings_as_the_environment():
+    from helpers.server import ServerSettings
+
+    flags = ServerSettings.from_flags(["--max-batch-size", "8", "--max-wait-ms", "5",
+                                       "--buckets", "16,64", "--workers", "2"])
+    env = ServerSettings.from_env({"SERVE_MAX_BATCH_SIZE": "8", "SERVE_MAX_WAIT_MS": "5",
+                                   "SERVE_BUCKETS": "16,64", "SERVE_WORKERS": "2"})
+    assert flags == env
+    assert flags.batch_policy().max_batch_size == 8 and flags.batch_policy().max_wait_s == 0.005
+    assert flags.buckets == (16, 64) and flags.max_queue == ServerSettings().max_queue

@@ -143,7 +143,7 @@ def batcher_throughput(model, rows: list[np.ndarray], flags: list[str], users: i
 
     async def drive() -> float:
         registry = ModelRegistry(None, settings.batch_policy(), max_queue=settings.max_queue,
-                                 workers=settings.workers, metrics=ServingMetrics(),
+                                 workers=settings.model_workers(), metrics=ServingMetrics(),
                                  buckets=settings.buckets)
         served = await registry.add(model)
         done, warm_until = 0, time.perf_counter() + min(2.0, seconds / 4)

@@ -19,11 +19,18 @@ Requests that must not share a batch (different sequence-length buckets, see
 same workers: the model still runs one batch per worker at a time, and a free
 worker takes the ready group whose oldest request has waited longest.
 
+A request may carry several rows (a wafer lot, a batch of notes): ``size_of(item)``
+says how many, and the policy then counts rows, not requests, so a batch never
+holds more rows than ``max_batch_size`` and no single request may hold more.
+
 Every request gets an answer: its result; ``QueueFullError`` at once when the
 queue is full (a server turns it into 503 + Retry-After); ``DeadlineExceededError``
 when its deadline passed before its batch ran (504; it is never computed);
-``BatcherClosedError`` after ``close()`` began (503); or the exception the model
-raised for *its* batch (500) — other batches are unaffected.
+``BatcherClosedError`` after ``close()`` began (503); ``ItemTooLargeError`` for a
+request bigger than a batch (400); or the exception the model raised for *its*
+batch (500) — other batches are unaffected. If the scheduler itself fails (a
+policy that raises), every waiting request gets ``BatcherFailedError`` (500) and
+so does every later one: nothing waits for a scheduler that is gone.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ __all__ = [
     "QueueFullError",
     "DeadlineExceededError",
     "BatcherClosedError",
+    "BatcherFailedError",
+    "ItemTooLargeError",
 ]
 
 
@@ -63,6 +72,14 @@ class DeadlineExceededError(TimeoutError):
 
 class BatcherClosedError(RuntimeError):
     """The batcher is shutting down and takes no new requests."""
+
+
+class BatcherFailedError(RuntimeError):
+    """The batcher's scheduler died; it cannot run this (or any later) request."""
+
+
+class ItemTooLargeError(ValueError):
+    """One request holds more rows than a whole batch may."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +155,13 @@ class BatcherStats:
         return sum(s * n for s, n in self.batch_sizes.items()) / max(1, self.batches)
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: it sits in sets
 class _Pending:
     item: Any
     future: asyncio.Future
     enqueued: float
     deadline: float | None
+    size: int = 1          # rows
     started: bool = False  # its batch is computing: too late to withdraw it
 
 
@@ -156,6 +174,8 @@ class DynamicBatcher:
 
     ``group_of(item)``, if given, names the group an item belongs to; a batch only
     ever holds items of one group, and the policy decides per group.
+    ``size_of(item)``, if given, is how many rows an item holds (default 1): the
+    policy's ``queued`` and its answer are then rows.
     """
 
     def __init__(
@@ -167,6 +187,7 @@ class DynamicBatcher:
         workers: int = 1,
         default_timeout_s: float | None = None,
         group_of: Callable[[Any], Hashable] | None = None,
+        size_of: Callable[[Any], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_queue < 1 or workers < 1:
@@ -176,6 +197,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.default_timeout_s = default_timeout_s
         self.group_of = group_of
+        self.size_of = size_of
         self.stats = BatcherStats()
         self._clock = clock
         self._workers = workers
@@ -187,6 +209,8 @@ class DynamicBatcher:
         self._free_workers: asyncio.Semaphore | None = None
         self._in_flight: set[asyncio.Task] = set()
         self._closing = False
+        self._failure: BaseException | None = None  # why the scheduler died, if it did
+        self._computing: set[_Pending] = set()  # requests whose batch is running now
 
     # -- lifetime --------------------------------------------------------------------
     async def start(self) -> DynamicBatcher:
@@ -198,16 +222,43 @@ class DynamicBatcher:
         self._scheduler = asyncio.create_task(self._schedule(), name="batch-scheduler")
         return self
 
-    async def close(self) -> None:
-        """Stop taking requests, finish every admitted one, then stop the workers."""
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop taking requests, finish every admitted one, then stop the workers.
+
+        With ``timeout_s``, draining stops after that long: what is still waiting
+        gets ``BatcherClosedError`` (503), and the callers of batches still computing
+        are answered the same way rather than held past the grace period.
+        """
         if self._scheduler is None or self._closing:
             return
         self._closing = True
         self._arrived.set()  # wake the scheduler: it drains without waiting for company
-        await self._scheduler
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+        async def drain() -> None:
+            await asyncio.gather(self._scheduler, return_exceptions=True)
+            while self._in_flight:
+                await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+
+        try:
+            await asyncio.wait_for(drain(), timeout_s)
+        except TimeoutError:
+            self.abort(BatcherClosedError(
+                f"the server shut down: {timeout_s:g} s of grace ran out before this ran"))
+            return
         self._executor.shutdown(wait=True)
+
+    def abort(self, error: Exception) -> None:
+        """Stop now: every waiting *and* computing request is answered with ``error``.
+
+        A batch already in a worker thread cannot be interrupted; it finishes in the
+        background and its results are dropped.
+        """
+        if self._scheduler is None:
+            return
+        self._closing = True
+        self._scheduler.cancel()
+        self._fail_everything(error)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> DynamicBatcher:
         return await self.start()
@@ -217,22 +268,36 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return sum(len(queue) for queue in self._queues.values())
+        """Requests waiting for a batch whose callers still want an answer."""
+        return sum(1 for queue in self._queues.values() for p in queue if not p.future.done())
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the scheduler died (None while it runs)."""
+        return self._failure
 
     # -- the front door --------------------------------------------------------------
     async def submit(self, item: Any, timeout_s: float | None = None) -> Any:
         """Queue ``item`` and wait for its result (see the module docstring for errors)."""
         if self._scheduler is None:
             raise RuntimeError("start the batcher first (async with DynamicBatcher(...))")
+        if self._failure is not None:
+            raise BatcherFailedError(f"the batch scheduler stopped: {self._failure!r}")
         if self._closing:
             raise BatcherClosedError("the batcher is shutting down")
-        if self.queue_depth >= self.max_queue:  # one bound over all groups
-            self.stats.rejected += 1
-            raise QueueFullError(self.max_queue, self._retry_after_s())
+        size = self._size(item)
+        if size > self.policy.max_batch_size:
+            raise ItemTooLargeError(f"a request of {size} rows is larger than a whole batch "
+                                    f"(max_batch_size {self.policy.max_batch_size})")
+        if self._queued >= self.max_queue:  # one bound over all groups
+            self._drop_finished()  # count live requests only: expired and abandoned ones go
+            if self._queued >= self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFullError(self.max_queue, self._retry_after_s())
         timeout_s = self.default_timeout_s if timeout_s is None else timeout_s
         now = self._clock()
         pending = _Pending(item, asyncio.get_running_loop().create_future(), now,
-                           None if timeout_s is None else now + timeout_s)
+                           None if timeout_s is None else now + timeout_s, size)
         group = None if self.group_of is None else self.group_of(item)
         self._queues.setdefault(group, deque()).append(pending)
         self._arrived.set()
@@ -240,6 +305,8 @@ class DynamicBatcher:
             # shield: our timer or our caller's cancellation must not cancel the
             # shared future from under a batch that is already computing it.
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
+        except DeadlineExceededError:  # the scheduler found it expired (and counted it)
+            raise
         except TimeoutError:
             if pending.started:  # computing now: the answer is moments away
                 return await pending.future
@@ -253,6 +320,13 @@ class DynamicBatcher:
                 self.stats.cancelled += 1
             raise
 
+    def _size(self, item: Any) -> int:
+        return 1 if self.size_of is None else int(self.size_of(item))
+
+    @property
+    def _queued(self) -> int:
+        return sum(len(queue) for queue in self._queues.values())
+
     def _retry_after_s(self) -> float:
         """A hint for clients: about the time to work through one full queue."""
         per_batch = self.stats.compute_time.mean_s if self.stats.compute_time.count else 0.01
@@ -261,15 +335,36 @@ class DynamicBatcher:
 
     # -- the scheduler ---------------------------------------------------------------
     async def _schedule(self) -> None:
-        while True:
-            await self._free_workers.acquire()  # only cut a batch a worker can run now
-            batch = await self._next_batch()
-            if batch is None:  # closing and nothing left
-                self._free_workers.release()
-                return
-            task = asyncio.create_task(self._run(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+        """Cut batches while the batcher lives; if this loop dies, nobody is left waiting."""
+        try:
+            while True:
+                await self._free_workers.acquire()  # only cut a batch a worker can run now
+                batch = await self._next_batch()
+                if batch is None:  # closing and nothing left
+                    self._free_workers.release()
+                    return
+                task = asyncio.create_task(self._run(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug (a policy that raises): fail loudly, not silently
+            self._failure = exc
+            # Batches already computing finish normally; the waiting ones have nobody
+            # left to run them.
+            self._fail_everything(BatcherFailedError(f"the batch scheduler stopped: {exc!r}"),
+                                  computing=False)
+
+    def _fail_everything(self, error: Exception, computing: bool = True) -> None:
+        """Answer every waiting request (and, if ``computing``, every running one) with
+        ``error``."""
+        doomed = [p for queue in self._queues.values() for p in queue]
+        self._queues.clear()
+        if computing:
+            doomed += list(self._computing)
+        for p in doomed:
+            if not p.future.done():
+                p.future.set_exception(error)
 
     async def _next_batch(self) -> list[_Pending] | None:
         while True:
@@ -281,19 +376,27 @@ class DynamicBatcher:
                 await self._arrived.wait()
                 continue
             now, ready, wait_s = self._clock(), [], float("inf")
+            limit = self.policy.max_batch_size
             for group, queue in self._queues.items():
                 oldest_wait = now - queue[0].enqueued
-                take = self.policy.decide(len(queue), oldest_wait)
+                queued = sum(p.size for p in queue)
+                # Clamp what the policy says: a policy (a student's, say) that asks for
+                # more than is queued, or a negative number, must not break the loop.
+                take = max(0, min(int(self.policy.decide(queued, oldest_wait)), queued, limit))
                 if self._closing:  # draining: nobody else is coming
-                    take = min(len(queue), self.policy.max_batch_size)
+                    take = min(queued, limit)
                 if take:
                     ready.append((queue[0].enqueued, group, take))
                 else:
-                    wait_s = min(wait_s, self.policy.wait_budget_s(oldest_wait))
+                    wait_s = min(wait_s, max(0.0, self.policy.wait_budget_s(oldest_wait)))
             if ready:  # the group whose oldest request has waited longest goes first
                 _, group, take = min(ready, key=lambda r: r[0])
                 queue = self._queues[group]
-                batch = [queue.popleft() for _ in range(take)]
+                batch = [queue.popleft()]
+                rows = batch[0].size  # the oldest always goes (admission kept it <= a batch)
+                while queue and rows + queue[0].size <= take:
+                    rows += queue[0].size
+                    batch.append(queue.popleft())
                 if not queue:
                     del self._queues[group]
                 return batch
@@ -337,6 +440,7 @@ class DynamicBatcher:
             for p in batch:
                 p.started = True
                 self.stats.queue_time.record(start - p.enqueued)
+            self._computing.update(batch)
             loop = asyncio.get_running_loop()
             items = [p.item for p in batch]
             try:
@@ -352,10 +456,11 @@ class DynamicBatcher:
                 return
             finally:
                 self.stats.compute_time.record(max(0.0, self._clock() - start))
-                self.stats.batch_sizes[len(batch)] += 1
+                self.stats.batch_sizes[sum(p.size for p in batch)] += 1
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():  # the caller may have cancelled meanwhile
                     p.future.set_result(result)
                     self.stats.completed += 1
         finally:
+            self._computing.difference_update(batch)
             self._free_workers.release()

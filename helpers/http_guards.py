@@ -9,27 +9,44 @@ failures to status codes. Every request gets an answer, and this module decides 
 | queue full, too many in flight, not ready | 503 + Retry-After         |
 | deadline passed before the batch ran      | 504 (never computed)      |
 | the model raised for this batch           | 500 (this batch only)     |
+| anything unforeseen                       | 500, the v2 error body    |
+
+Every error body is the v2 one, ``{"error": "..."}`` — unmatched routes included —
+and none carries a host path or a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import time
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .batching import BatcherClosedError, DeadlineExceededError, QueueFullError
-from .jobs import JobsFullError
+from .batching import (
+    BatcherClosedError,
+    BatcherFailedError,
+    DeadlineExceededError,
+    ItemTooLargeError,
+    QueueFullError,
+)
+from .inference import ModelFailedError
+from .jobs import JobNotFoundError, JobsFullError
 from .metrics import ServingMetrics
-from .models import ModelNotFoundError
 from .protocol import ProtocolError, describe_errors
 from .registry import NotReadyError
+from .repository import ModelNotFoundError
 
 __all__ = ["BodyTooLargeError", "ModelFailedError", "BodySizeLimit", "FrontDoor",
            "install_error_handlers"]
+
+log = logging.getLogger("helpers.server")
+_LENGTH = re.compile(rb"[0-9]{1,15}")  # ASCII digits only, and no 5,000-digit numbers
 
 
 class BodyTooLargeError(ProtocolError):
@@ -37,33 +54,35 @@ class BodyTooLargeError(ProtocolError):
         super().__init__(f"request body is larger than the {limit}-byte limit", 413)
 
 
-class ModelFailedError(RuntimeError):
-    """The model raised while computing this request's batch."""
-
-
 class BodySizeLimit:
-    """ASGI middleware: refuse bodies over ``max_bytes`` (declared or streamed) with 413."""
+    """ASGI middleware: refuse bodies over the limit (declared or streamed) with 413.
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    ``limits`` gives some POST paths their own limit (``{"/jobs": 64 << 20}``): bulk
+    routes take bigger bodies than online ones.
+    """
+
+    def __init__(self, app, max_bytes: int, limits: dict[str, int] | None = None) -> None:
+        self.app, self.max_bytes, self.limits = app, max_bytes, limits or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limits.get(scope["path"], self.max_bytes) if scope["method"] == "POST" \
+            else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            status = 400 if not declared.isdigit() else 413
-            message = ("invalid Content-Length" if status == 400
-                       else str(BodyTooLargeError(self.max_bytes)))
-            return await JSONResponse({"error": message}, status)(scope, receive, send)
+        if declared is not None:
+            if not _LENGTH.fullmatch(declared):
+                return await _error(400, "invalid Content-Length")(scope, receive, send)
+            if int(declared) > limit:
+                return await _error(413, str(BodyTooLargeError(limit)))(scope, receive, send)
         seen = 0
 
         async def counted_receive():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # a chunked body that lied by omission
-                raise BodyTooLargeError(self.max_bytes)
+            if seen > limit:  # a chunked body that lied by omission
+                raise BodyTooLargeError(limit)
             return message
 
         await self.app(scope, counted_receive, send)
@@ -120,11 +139,13 @@ def install_error_handlers(app: FastAPI) -> None:
     handlers: dict[type[Exception], Callable[[Exception], JSONResponse]] = {
         ProtocolError: lambda e: _error(e.status, str(e)),
         ModelNotFoundError: lambda e: _error(404, str(e)),
-        KeyError: lambda e: _error(404, str(e.args[0]) if e.args else "not found"),
+        JobNotFoundError: lambda e: _error(404, str(e)),
         NotReadyError: lambda e: _error(503, str(e), {"Retry-After": "1"}),
         QueueFullError: lambda e: _error(
             503, str(e), {"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}),
         BatcherClosedError: lambda e: _error(503, str(e), {"Retry-After": "1"}),
+        BatcherFailedError: lambda e: _error(500, str(e)),
+        ItemTooLargeError: lambda e: _error(400, str(e)),
         JobsFullError: lambda e: _error(503, str(e), {"Retry-After": "5"}),
         DeadlineExceededError: lambda e: _error(504, str(e)),
         ModelFailedError: lambda e: _error(500, str(e)),
@@ -135,3 +156,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):
         return _error(422, describe_errors(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Unmatched routes (404), wrong methods (405): the v2 error body, not "detail".
+        message = exc.detail if exc.status_code != 404 else \
+            f"no route {request.method} {request.url.path}"
+        return _error(exc.status_code, str(message), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unforeseen(request: Request, exc: Exception):
+        # A bug, not the client's fault: log it whole, answer without internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has details")

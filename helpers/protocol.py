@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .models import TensorSpec
+from .repository import TensorSpec
 
 __all__ = [
     "DATATYPES",

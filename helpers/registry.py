@@ -3,11 +3,22 @@
 A served version moves through LOADING -> READY -> UNLOADING -> gone; a version
 whose load failed is UNAVAILABLE with the reason. Loading reads the weights and
 runs a warm-up batch off the event loop, so the server keeps answering health
-checks while a model loads; readiness turns true only after the warm-up.
+checks while a model loads.
+
+Loads and unloads of one model name are serialised by a lock per name, and a
+second ``load`` of a model that is loading joins the first instead of starting
+another: whatever order requests arrive in, each version has one state and at
+most one batcher.
+
+Readiness (``readiness()``) is the server's: true once the start-up loads have been
+tried and at least one version serves. A version that failed to load is reported
+per model (``/v2/models/{m}/ready``, the repository index) and does not make the
+whole server unready: a load balancer would otherwise pull a pod that serves
+every other model fine.
 
 Each version gets its own ``DynamicBatcher``. A request's rows travel as one
-item; the batch function stacks the items of a batch into one array, calls the
-model once, and hands each caller its own rows back.
+item whose size is its row count; the batch function stacks the items of a batch
+into one array, calls the model once, and hands each caller its own rows back.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from .batching import BatchPolicy, DynamicBatcher
 from .bucketing import BucketedBatcher
 from .metrics import ServingMetrics
 from .models import ModelNotFoundError, list_models, list_versions, load_model
+from .repository import _is_plain_name
 
 __all__ = ["State", "ServedVersion", "ModelRegistry", "NotReadyError"]
 
@@ -47,6 +59,9 @@ class Work:
     rows: np.ndarray  # (n, ...): what the model's predict takes, one entry per row
     submitted: float = field(default_factory=time.perf_counter)
 
+    def size(self) -> int:
+        return len(self.rows)
+
     @property
     def length(self) -> int:
         """Longest row, for models whose rows are sequences (token ids)."""
@@ -66,7 +81,7 @@ class ServedVersion:
 class ModelRegistry:
     def __init__(self, repository: Path | None, policy: BatchPolicy, *, max_queue: int,
                  workers: int, metrics: ServingMetrics, device: str | None = None,
-                 buckets: tuple[int, ...] = ()) -> None:
+                 buckets: tuple[int, ...] = (), trusted_types: tuple[str, ...] = ()) -> None:
         self.repository = repository
         self.policy = policy
         self.buckets = buckets  # length bucket bounds for sequence models; () = no bucketing
@@ -74,7 +89,11 @@ class ModelRegistry:
         self.workers = workers
         self.metrics = metrics
         self.device = device
+        self.trusted_types = trusted_types  # extra skops types the operator trusts
         self._versions: dict[str, dict[str, ServedVersion]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}      # one per model name
+        self._loading: dict[str, asyncio.Task] = {}    # name -> the load in progress
+        self.started = False  # the start-up loads have been tried (set by the server)
 
     # -- reading ---------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -106,12 +125,26 @@ class ModelRegistry:
                                 f"{': ' + served.reason if served.reason else ''}")
         return served
 
+    def readiness(self) -> tuple[bool, str]:
+        """``(ready, why not)``: start-up loads tried and at least one version serving."""
+        if not self.started:
+            return False, "models are loading"
+        if not any(s.state is State.READY for versions in self._versions.values()
+                   for s in versions.values()):
+            return False, "no model version is ready"
+        return True, ""
+
     def is_ready(self) -> bool:
-        """Every loaded model has a ready version and nothing is mid-load."""
-        return bool(self._versions) and all(
-            any(s.state is State.READY for s in versions.values())
-            and not any(s.state is State.LOADING for s in versions.values())
-            for versions in self._versions.values())
+        return self.readiness()[0]
+
+    def failed(self) -> list[ServedVersion]:
+        """Versions whose load failed, with the reason (reported, not fatal)."""
+        return [s for versions in self._versions.values() for s in versions.values()
+                if s.state is State.UNAVAILABLE]
+
+    def batchers(self) -> list[DynamicBatcher]:
+        return [s.batcher for versions in self._versions.values() for s in versions.values()
+                if s.batcher is not None]
 
     def index(self) -> list[dict[str, str]]:
         """The repository extension's index: every model and version, with its state."""
@@ -139,15 +172,34 @@ class ModelRegistry:
         self._versions.setdefault(name, {})[version] = served
         return served
 
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
     async def load(self, name: str) -> list[ServedVersion]:
-        """Load every version of ``name`` in the repository (several at once for A/B)."""
+        """Load every version of ``name`` in the repository (several at once for A/B).
+
+        A load of a model that is already loading joins that load.
+        """
         if self.repository is None:
             raise ModelNotFoundError("this server has no model repository to load from")
-        versions = [str(v) for v in list_versions(name, self.repository)]
-        if not versions:
+        if not _is_plain_name(name) or not list_versions(name, self.repository):
             raise ModelNotFoundError(f"no model named {name!r} in the repository; available: "
                                      f"{list_models(self.repository)}")
-        table = self._versions.setdefault(name, {})
+        task = self._loading.get(name)
+        if task is None:
+            task = asyncio.ensure_future(self._load_locked(name))
+            self._loading[name] = task
+            task.add_done_callback(lambda _: self._loading.pop(name, None))
+        return await asyncio.shield(task)  # a caller that leaves does not stop the load
+
+    async def _load_locked(self, name: str) -> list[ServedVersion]:
+        async with self._lock(name):  # an unload in progress finishes first
+            versions = [str(v) for v in list_versions(name, self.repository)]
+            table = self._versions.setdefault(name, {})
+            return await self._load_versions(name, versions, table)
+
+    async def _load_versions(self, name: str, versions: list[str],
+                             table: dict[str, ServedVersion]) -> list[ServedVersion]:
         for version in versions:
             if version in table and table[version].state is State.READY:
                 continue
@@ -159,7 +211,7 @@ class ModelRegistry:
     async def _load_one(self, served: ServedVersion) -> None:
         try:
             model = await asyncio.to_thread(load_model, served.name, served.version,
-                                            self.repository, self.device)
+                                            self.repository, self.device, self.trusted_types)
             # Warm-up: the first call pays for lazy initialisation; no request should.
             shape = [1 if d == -1 else d for d in model.config.inputs[0].shape]
             warm = np.array(["warm-up"], dtype=object) if model.config.inputs[0].datatype \
@@ -174,15 +226,19 @@ class ModelRegistry:
 
     async def unload(self, name: str) -> None:
         """Stop routing to ``name``, finish what its batchers admitted, then drop it."""
-        versions = self.versions(name)
-        for served in versions.values():
-            served.state = State.UNLOADING
-        await asyncio.gather(*(s.batcher.close() for s in versions.values() if s.batcher))
-        self._versions.pop(name, None)
+        self.versions(name)  # 404 for a model that is not loaded
+        async with self._lock(name):  # a load in progress finishes first
+            versions = self._versions.get(name, {})
+            for served in versions.values():
+                served.state = State.UNLOADING
+            await asyncio.gather(*(s.batcher.close() for s in versions.values() if s.batcher))
+            self._versions.pop(name, None)
 
-    async def close(self) -> None:
-        await asyncio.gather(*(s.batcher.close() for versions in self._versions.values()
-                               for s in versions.values() if s.batcher))
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Close every batcher: drain for at most ``timeout_s``, then fail what is left."""
+        for task in list(self._loading.values()):
+            task.cancel()
+        await asyncio.gather(*(b.close(timeout_s) for b in self.batchers()))
 
     # -- the batch function ------------------------------------------------------------
     @staticmethod
@@ -208,9 +264,10 @@ class ModelRegistry:
             bounds = np.cumsum([len(w.rows) for w in items])[:-1]
             return np.split(probs, bounds)
 
+        # The policy counts rows: a request's rows are one item of len(rows).
         if self.buckets and hasattr(model, "prepare"):  # sequences: batch similar lengths
             return BucketedBatcher(predict_batch, self.policy, self.buckets,
                                    lambda work: work.length, max_queue=self.max_queue,
-                                   workers=self.workers)
+                                   workers=self.workers, size_of=Work.size)
         return DynamicBatcher(predict_batch, self.policy, max_queue=self.max_queue,
-                              workers=self.workers)
+                              workers=self.workers, size_of=Work.size)

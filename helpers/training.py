@@ -22,15 +22,15 @@ import torch
 from torch import nn
 
 from . import data as wafer_data
-from .models import (
+from .models import WaferMLP, write_embedder_entry
+from .repository import (
     CONFIG_FILE,
-    WaferMLP,
+    RETIRED_PLATFORMS,
     _repo,
     list_models,
     list_versions,
     save_sklearn_model,
     save_torch_model,
-    write_embedder_entry,
 )
 
 __all__ = ["train_forest", "train_mlp", "train_wafer_models", "ensure_wafer_models", "main"]
@@ -106,12 +106,20 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
             continue
         label = f"{name}/{version}"
         if version in list_versions(name, root):
-            if not force:
+            if not force and not _retired(root / name / str(version)):
                 written[label] = root / name / str(version)
                 continue
             shutil.rmtree(root / name / str(version))
         written[label] = train()
     return written
+
+
+def _retired(folder: Path) -> bool:
+    """A version saved in a format the repository no longer loads (a pickle): retrain it."""
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text())["platform"] in RETIRED_PLATFORMS
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _save_forest(root, x_train, y_train, x_val, y_val, seed, info) -> Path:

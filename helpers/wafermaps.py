@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import TensorSpec
+from .repository import TensorSpec, register_architecture
 
 __all__ = ["PATTERNS", "MAP_SIZE", "make_wafer_maps", "WaferMapCNN", "train_wafer_cnn"]
 
@@ -101,6 +101,7 @@ def make_wafer_maps(n: int, size: int = MAP_SIZE, seed: int = 0,
     return maps, labels
 
 
+@register_architecture
 class WaferMapCNN(nn.Module):
     """Three conv blocks and a linear head: ``(B, 1, S, S)`` map -> ``(B, 9)`` class logits."""
 

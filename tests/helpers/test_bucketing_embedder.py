@@ -142,5 +142,5 @@ def test_a_changed_package_is_refused(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["weights_sha256"] = "0" * 64
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(models.ModelFormatError, match="differs from the SHA-256"):
+    with pytest.raises(models.ModelFormatError, match="differ from the SHA-256"):
         models.load_model("note-embedder", repository=tmp_path)

@@ -17,7 +17,7 @@ def repo(tmp_path_factory):
 
 def test_repository_layout_and_config(repo):
     assert models.list_models(repo) == ["wafer-forest", "wafer-mlp"]
-    for name, weights in [("wafer-forest", "model.joblib"), ("wafer-mlp", "model.pt")]:
+    for name, weights in [("wafer-forest", "model.skops"), ("wafer-mlp", "model.safetensors")]:
         folder = repo / name / "1"
         config = json.loads((folder / "config.json").read_text())
         assert (folder / weights).is_file() and config["weights_file"] == weights
@@ -55,10 +55,10 @@ def test_latest_version_is_default_and_missing_version_names_the_choices(repo):
 
 
 def test_versions_are_immutable(repo):
-    before = (repo / "wafer-mlp" / "1" / "model.pt").read_bytes()
+    before = (repo / "wafer-mlp" / "1" / "model.safetensors").read_bytes()
     with pytest.raises(FileExistsError):
         models.save_torch_model(models.WaferMLP(), "wafer-mlp", 1, repo)
-    assert (repo / "wafer-mlp" / "1" / "model.pt").read_bytes() == before
+    assert (repo / "wafer-mlp" / "1" / "model.safetensors").read_bytes() == before
 
 
 def test_a_swapped_weights_file_is_never_unpickled(repo, tmp_path):
@@ -72,7 +72,7 @@ def test_a_swapped_weights_file_is_never_unpickled(repo, tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    (copy / "wafer-forest" / "1" / "model.joblib").write_bytes(pickle.dumps(Evil()))
+    (copy / "wafer-forest" / "1" / "model.skops").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(models.ModelFormatError, match="SHA-256"):
         models.load_model("wafer-forest", repository=copy)
     assert not marker.exists()
@@ -96,10 +96,10 @@ def test_a_model_file_of_the_wrong_kind_gets_a_clear_error(repo, tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy)
     folder = copy / "wafer-mlp" / "1"
-    forest_bytes = (copy / "wafer-forest" / "1" / "model.joblib").read_bytes()
-    (folder / "model.pt").write_bytes(forest_bytes)
+    forest_bytes = (copy / "wafer-forest" / "1" / "model.skops").read_bytes()
+    (folder / "model.safetensors").write_bytes(forest_bytes)
     config = json.loads((folder / "config.json").read_text())
-    config["weights_sha256"] = models._sha256(folder / "model.pt")  # integrity ok, kind wrong
+    config["weights_sha256"] = models.sha256_of(folder / "model.safetensors")  # kind wrong
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(models.ModelFormatError, match="not a WaferMLP state dict"):
         models.load_model("wafer-mlp", 1, repository=copy, device="cpu")

@@ -32,7 +32,7 @@ def repo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(repo):
     settings = ServerSettings(repository=repo, splits={"wafer-mlp": "1:0.5,2:0.5"},
-                              max_wait_ms=1, device="cpu")
+                              max_wait_ms=1, max_batch_size=64, device="cpu")
     app = create_app(settings, models=[FaultyModel()])
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         client.app = app
@@ -59,7 +59,7 @@ def test_health_and_server_metadata(server):
 
 def test_model_metadata_and_readiness(server):
     meta = server.get("/v2/models/wafer-mlp").json()
-    assert meta["versions"] == ["1", "2"] and meta["platform"] == "pytorch_state_dict"
+    assert meta["versions"] == ["1", "2"] and meta["platform"] == "pytorch_safetensors"
     assert meta["inputs"] == [{"name": "process_features", "datatype": "FP32", "shape": [-1, 8]}]
     assert server.get("/v2/models/wafer-mlp/versions/1/ready").json()["ready"] is True
     missing = server.get("/v2/models/wafer-cnn")
@@ -259,14 +259,15 @@ def test_overload_gets_503_with_retry_after_and_nothing_is_lost():
 def test_a_request_past_its_deadline_gets_504_and_is_not_computed():
     slow = SlowModel(delay_s=0.0)
     slow.release.clear()  # the first batch blocks the only worker
-    settings = ServerSettings(repository=Path("/nonexistent"), max_batch_size=1, max_wait_ms=0)
+    settings = ServerSettings(repository=Path("/nonexistent"), max_batch_size=1, max_wait_ms=0,
+                              workers=1)
     with serve_in_thread(create_app(settings, models=[slow])) as url:
         async def scenario():
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                 blocker = asyncio.ensure_future(
                     client.post("/v2/models/slow/infer", json=v2_body(ROWS[:1])))
                 await asyncio.sleep(0.2)
-                late = await client.post("/v2/models/slow/infer", json=v2_body(ROWS[:2]),
+                late = await client.post("/v2/models/slow/infer", json=v2_body(ROWS[1:2]),
                                          headers={"x-timeout-ms": "100"})
                 slow.release.set()
                 return await blocker, late
@@ -324,7 +325,7 @@ def test_a_model_that_fails_to_load_is_reported_at_once(tmp_path):
     from helpers.serving import serve_in_thread as serve
 
     folder = models.save_torch_model(models.WaferMLP(), "broken", 1, tmp_path)
-    (folder / "model.pt").write_bytes(b"not a checkpoint")  # breaks the recorded hash
+    (folder / "model.safetensors").write_bytes(b"not a checkpoint")  # breaks the hash
     app = create_app(ServerSettings(repository=tmp_path, device="cpu"))
     with pytest.raises(RuntimeError, match="broken v1: load failed.*SHA-256"):
         with serve(app, timeout_s=60):

@@ -20,8 +20,10 @@ from serving_fixtures import POISON, FaultyEstimator, SlowEstimator  # noqa: E40
 ROW = data.feature_matrix(data.make_wafer_records(1))
 BODY = {"inputs": [{"name": "process_features", "shape": [1, 8], "datatype": "FP32",
                     "data": ROW.ravel().tolist()}]}
-# The subprocess unpickles SlowEstimator from the test repository.
-ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+# The subprocess loads SlowEstimator from the test repository: skops rebuilds it only
+# because the operator (this test) trusts its type.
+ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+       "SERVE_TRUSTED_TYPES": "serving_fixtures.SlowEstimator,serving_fixtures.FaultyEstimator"}
 
 
 @pytest.fixture(scope="module")

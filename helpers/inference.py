@@ -78,6 +78,11 @@ class InferenceEngine:
         self.jobs = jobs or JobManager()
         self.shutdown_grace_s = shutdown_grace_s
         self._shutdown_deadline: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
+
+    def start(self) -> None:
+        """Call once from the serving event loop (the server's lifespan does)."""
+        self._loop = asyncio.get_running_loop()
 
     # -- resolving and admitting ----------------------------------------------------------
     @property
@@ -202,6 +207,11 @@ class InferenceEngine:
         grace_s = self.shutdown_grace_s if grace_s is None else grace_s
         self._shutdown_deadline = loop.time() + grace_s
         loop.call_later(grace_s, self._grace_ran_out)
+
+    def begin_shutdown_threadsafe(self) -> None:
+        """``begin_shutdown`` from a signal handler or another thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.begin_shutdown)
 
     def _grace_ran_out(self) -> None:
         self.jobs.cancel_all()

@@ -196,8 +196,9 @@ async def run_in_chunks(job: Job, n_rows: int, chunk: int,
     """Run ``compute(start, stop)`` over ``[0, n_rows)`` in chunks, ``concurrency`` at a time.
 
     ``job.result`` holds the finished prefix as it grows (in order), so a failure keeps
-    everything before the failed chunk. Exceptions in ``retry_on`` (a full queue) are
-    retried with ``backoff``; anything else fails the job.
+    everything before the failed chunk: after a failure no new chunk starts, the ones
+    running finish, then the error is raised. Exceptions in ``retry_on`` (a full queue)
+    are retried with ``backoff``; anything else fails the job.
     """
     rng = random.Random(seed)
     job.result = []
@@ -220,15 +221,19 @@ async def run_in_chunks(job: Job, n_rows: int, chunk: int,
             job.done = len(job.result)
 
     starts = iter(range(0, n_rows, chunk))
+    errors: list[BaseException] = []
 
     async def worker() -> None:
         for start in starts:  # shared iterator: each chunk taken once
-            await one(start)
+            if errors:  # another chunk failed: take no new ones, let running ones finish
+                return
+            try:
+                await one(start)
+            except Exception as exc:
+                errors.append(exc)
+                return
 
-    workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    try:
-        await asyncio.gather(*workers)
-    finally:
-        for w in workers:
-            w.cancel()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if errors:
+        raise errors[0]
     return job.result

@@ -75,6 +75,7 @@ class LoadResult:
     warmup_s: float
     target_rate: float | None = None
     users: int | None = None
+    timeout_s: float | None = None  # the client's timeout: a request that hit it counts at it
 
     @property
     def measured(self) -> pd.DataFrame:
@@ -83,13 +84,15 @@ class LoadResult:
     def summary(self) -> dict[str, Any]:
         """Achieved rate (answers/s until the last one came back), percentiles, errors.
 
+        Percentiles include every request: errors at their measured latency, and
+        requests that hit the client's timeout (status 0) at no less than it.
+
         ``p99_send_lag_ms`` is how late the generator itself sent requests. If it is
         a sizeable share of the latencies, the *client* was the bottleneck (on a
         small machine the generator competes with the server for the CPU), and the
         latencies describe the pair, not the server alone.
         """
         m = self.measured
-        answered = m[m["status"] > 0]
         window = max(float(m["done_s"].max()) - self.warmup_s, 1e-9) if len(m) else 1e-9
         out: dict[str, Any] = {
             "mode": self.mode, "target_rate": self.target_rate, "users": self.users,
@@ -100,9 +103,16 @@ class LoadResult:
             "p99_send_lag_ms": float(np.percentile(m["sent_s"] - m["intended_s"], 99) * 1000)
             if len(m) else 0.0,
         }
-        if len(answered):
+        if len(m):
+            # Every request counts, the unanswered too: one that timed out counts at
+            # least at its timeout, so client timeouts cannot fall out of the tail.
+            latency = m["latency_s"].to_numpy(dtype=float)
+            timed_out = (m["status"] == 0) & m["error"].str.startswith("TimeoutError")
+            if self.timeout_s is not None:
+                latency = np.where(timed_out, np.maximum(latency, self.timeout_s), latency)
+            out["timeouts"] = int(timed_out.sum())
             recorder = LatencyRecorder()
-            recorder.record_many(answered["latency_s"].to_numpy())
+            recorder.record_many(latency)
             out.update(recorder.summary().as_dict())
         return out
 
@@ -152,7 +162,9 @@ class _HTTPSender:
                 error = "" if response.status == 200 else body[:200].decode(errors="replace")
                 return response.status, error, response.headers.get("x-model-version", "")
         except (aiohttp.ClientError, TimeoutError) as exc:  # no answer: status 0, and why
-            return 0, f"{type(exc).__name__}: {exc}", ""
+            # aiohttp's timeouts have several names; summaries look for this one.
+            kind = "TimeoutError" if isinstance(exc, TimeoutError) else type(exc).__name__
+            return 0, f"{kind}: {exc}", ""
 
 
 @asynccontextmanager
@@ -199,7 +211,8 @@ async def open_loop(url: str | None, make_request: Callable[[int], Request], *,
             tasks.append(asyncio.ensure_future(one(i, float(intended))))
         await asyncio.gather(*tasks)
         bar.close()
-    return LoadResult(_frame(rows, warmup_s), "open", duration_s, warmup_s, target_rate=rate_per_s)
+    return LoadResult(_frame(rows, warmup_s), "open", duration_s, warmup_s, target_rate=rate_per_s,
+                      timeout_s=timeout_s)
 
 
 async def closed_loop(url: str | None, make_request: Callable[[int], Request], *, users: int,
@@ -227,7 +240,8 @@ async def closed_loop(url: str | None, make_request: Callable[[int], Request], *
 
         await asyncio.gather(*(user() for _ in range(users)))
         bar.close()
-    return LoadResult(_frame(rows, warmup_s), "closed", duration_s, warmup_s, users=users)
+    return LoadResult(_frame(rows, warmup_s), "closed", duration_s, warmup_s, users=users,
+                      timeout_s=timeout_s)
 
 
 def _frame(rows: list[tuple], warmup_s: float) -> pd.DataFrame:

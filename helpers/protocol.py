@@ -137,8 +137,11 @@ def _split_body(body: bytes, json_length: str | None) -> tuple[bytes, bytes]:
     """The JSON part of a body and the binary tensors after it."""
     if json_length is None:
         return body, b""
-    if not json_length.isdigit() or int(json_length) > len(body):
-        raise ProtocolError(f"{BINARY_HEADER}: {json_length!r} is not a length within the "
+    # ASCII digits only (str.isdigit() also accepts '²', which int() refuses), and not
+    # thousands of them (int() refuses those too).
+    if not (json_length.isascii() and json_length.isdigit() and len(json_length) <= 15) \
+            or int(json_length) > len(body):
+        raise ProtocolError(f"{BINARY_HEADER}: {json_length[:20]!r} is not a length within the "
                             f"{len(body)}-byte body")
     return body[:int(json_length)], body[int(json_length):]
 

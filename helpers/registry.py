@@ -114,7 +114,9 @@ class ModelRegistry:
         if version is None:
             ready = self.ready_versions(name)
             if not ready:
-                raise NotReadyError(f"model {name!r} has no ready version yet")
+                failed = [f"v{s.version} {s.reason}" for s in versions.values() if s.reason]
+                raise NotReadyError(f"model {name!r} has no ready version"
+                                    + (f": {'; '.join(failed)}" if failed else " yet"))
             version = ready[-1]
         served = versions.get(str(version))
         if served is None:

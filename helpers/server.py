@@ -171,6 +171,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        engine.start()
         for model in models:
             await registry.add(model)
         names = settings.models or (list_models(repository) if registry.repository else [])
@@ -199,8 +200,6 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
 
 # -- python -m helpers.server ----------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    import asyncio
-
     import torch
     import uvicorn
 
@@ -235,8 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         gets ``shutdown_grace_s`` from the signal, then whatever is left gets a 503."""
 
         def handle_exit(self, sig, frame) -> None:
-            loop = asyncio.get_event_loop_policy().get_event_loop()
-            loop.call_soon_threadsafe(app.state.engine.begin_shutdown)
+            app.state.engine.begin_shutdown_threadsafe()
             log.info("signal %s at %.3f: draining for at most %g s", sig, time.time(),
                      settings.shutdown_grace_s)
             super().handle_exit(sig, frame)

@@ -6,9 +6,11 @@ import pytest
 
 from helpers.batching import (
     BatcherClosedError,
+    BatcherFailedError,
     BatchPolicy,
     DeadlineExceededError,
     DynamicBatcher,
+    ItemTooLargeError,
     QueueFullError,
 )
 
@@ -283,3 +285,125 @@ def test_submit_before_start_and_bad_settings():
         asyncio.run(batcher.submit(1))
     with pytest.raises(ValueError, match="max_queue"):
         DynamicBatcher(lambda items: items, max_queue=0)
+
+
+# -- hardening: what a review broke -----------------------------------------------------
+def test_the_policy_counts_rows_and_a_request_larger_than_a_batch_is_refused():
+    async def scenario():
+        model = GatedModel()
+        policy = BatchPolicy(max_batch_size=8, max_wait_s=0)
+        lots = [[i] * n for i, n in enumerate((1, 3, 3, 3, 5, 2))]  # rows per request
+        async with DynamicBatcher(model, policy, size_of=len) as batcher:
+            with pytest.raises(ItemTooLargeError, match="9 rows"):
+                await batcher.submit([0] * 9)
+            first = asyncio.create_task(batcher.submit(lots[0]))
+            await _until(model.entered.is_set)
+            rest = [asyncio.create_task(batcher.submit(lot)) for lot in lots[1:]]
+            await _until(lambda: batcher.queue_depth == 5)
+            model.gate.set()
+            await asyncio.gather(first, *rest)
+        return model, batcher
+
+    model, batcher = asyncio.run(scenario())
+    rows = [sum(len(item) for item in call) for call in model.calls]
+    assert rows == [1, 6, 8, 2]  # never more than 8 rows; a lot is never split
+    assert batcher.stats.batch_sizes == {1: 1, 6: 1, 8: 1, 2: 1}
+
+
+class GreedyPolicy(BatchPolicy):
+    """Asks for more than is queued, and for negative sizes when the queue is short."""
+
+    def decide(self, queued, oldest_wait_s):
+        return 1000 if queued > 1 else -5 if queued else 0
+
+
+def test_what_a_policy_returns_is_clamped():
+    async def scenario():
+        async with DynamicBatcher(lambda items: items, GreedyPolicy(4, 0.001)) as batcher:
+            return await asyncio.wait_for(
+                asyncio.gather(*(batcher.submit(i) for i in range(10))), 5)
+
+    assert asyncio.run(scenario()) == list(range(10))
+
+
+class BrokenPolicy(BatchPolicy):
+    def decide(self, queued, oldest_wait_s):
+        raise ZeroDivisionError("policy bug")
+
+
+def test_a_dead_scheduler_fails_every_waiting_request_and_refuses_new_ones():
+    async def scenario():
+        batcher = await DynamicBatcher(lambda items: items, BrokenPolicy(4, 0)).start()
+        waiting = [asyncio.create_task(batcher.submit(i)) for i in range(3)]  # no deadline
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+        with pytest.raises(BatcherFailedError, match="policy bug"):
+            await batcher.submit(99)
+        await asyncio.wait_for(batcher.close(), 5)  # and closing does not raise
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, BatcherFailedError) for o in outcomes), outcomes
+
+
+def test_expired_and_abandoned_requests_do_not_hold_queue_slots():
+    async def scenario():
+        model = GatedModel()
+        policy = BatchPolicy(max_batch_size=1, max_wait_s=0)
+        async with DynamicBatcher(model, policy, max_queue=2) as batcher:
+            blocker = asyncio.create_task(batcher.submit(0))
+            await _until(model.entered.is_set)  # the only worker is busy
+            for coro in (batcher.submit(1, timeout_s=0.01), batcher.submit(2, timeout_s=0.01)):
+                with pytest.raises(DeadlineExceededError):
+                    await coro
+            abandoned = asyncio.create_task(batcher.submit(3))
+            await _until(lambda: batcher.queue_depth == 1)
+            abandoned.cancel()
+            await _until(lambda: batcher.queue_depth == 0)
+            live = [asyncio.create_task(batcher.submit(i)) for i in (4, 5)]  # both admitted
+            await _until(lambda: batcher.queue_depth == 2)
+            with pytest.raises(QueueFullError):  # the bound still holds for live requests
+                await batcher.submit(6)
+            model.gate.set()
+            return await asyncio.gather(blocker, *live), model.calls
+
+    results, calls = asyncio.run(scenario())
+    assert results == [0, 8, 10] and calls == [[0], [4], [5]]  # the dead were never computed
+
+
+def test_an_expiry_found_by_the_scheduler_is_counted_once():
+    now = [0.0]
+
+    async def scenario():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, BatchPolicy(1, 0), clock=lambda: now[0])
+        async with batcher:
+            blocker = asyncio.create_task(batcher.submit(0))
+            await _until(model.entered.is_set)
+            late = asyncio.create_task(batcher.submit(1, timeout_s=60))  # real timer: far off
+            await _until(lambda: batcher.queue_depth == 1)
+            now[0] = 120.0  # the batcher's clock says its deadline has passed
+            model.gate.set()
+            with pytest.raises(DeadlineExceededError):
+                await late
+            await blocker
+        return batcher.stats
+
+    stats = asyncio.run(scenario())
+    assert stats.expired == 1
+
+
+def test_close_with_a_grace_period_answers_what_is_left():
+    async def scenario():
+        model = GatedModel()
+        batcher = await DynamicBatcher(model, BatchPolicy(1, 0)).start()
+        computing = asyncio.create_task(batcher.submit(0))
+        await _until(model.entered.is_set)
+        waiting = asyncio.create_task(batcher.submit(1))
+        await _until(lambda: batcher.queue_depth == 1)
+        await batcher.close(timeout_s=0.1)  # the model never finishes within the grace
+        outcomes = await asyncio.gather(computing, waiting, return_exceptions=True)
+        model.gate.set()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, BatcherClosedError) and "grace" in str(o) for o in outcomes)

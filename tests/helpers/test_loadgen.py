@@ -131,3 +131,44 @@ def test_v2_request_cycles_rows_and_sets_routing_keys():
     body = json.loads(first.content)
     assert first.content == third.content and body["inputs"][0]["data"] == list(range(8))
     assert make(1).headers == {"x-routing-key": "tool-1"}
+
+
+def test_requests_that_time_out_count_at_their_timeout_in_the_percentiles():
+    async def send(request: Request) -> tuple[int, str, str]:
+        if request.json["i"] % 10 == 0:  # one in ten never answers within the timeout
+            await asyncio.sleep(0.02)
+            return 0, "TimeoutError: no answer within the client's timeout", ""
+        return 200, "", "1"
+
+    result = asyncio.run(open_loop(None, request, rate_per_s=500, duration_s=0.4,
+                                   arrivals="constant", timeout_s=2.0, send=send,
+                                   progress=False))
+    summary = result.summary()
+    assert summary["timeouts"] == 20 and summary["errors"] == {"0": 20}
+    assert summary["p99_ms"] >= 2000  # 10 % at the 2 s timeout: the SLO check must see them
+    assert summary["p50_ms"] < 2000
+
+
+def test_a_real_timeout_is_reported_as_a_timeout():
+    from helpers.loadgen import _HTTPSender
+
+    async def scenario(url):
+        async with _HTTPSender(url, 4, timeout_s=0.2) as send:
+            return await send(Request("GET", "/slow"))
+
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return {"ready": True}
+
+    @app.get("/slow")
+    async def slow():
+        await asyncio.sleep(2)
+        return {}
+
+    with serve_in_thread(app) as url:
+        status, error, _ = asyncio.run(scenario(url))
+    assert status == 0 and error.startswith("TimeoutError")

@@ -149,3 +149,61 @@ def test_training_cli_lists_the_repository(repo, capsys):
     training.main(["--list", "--repository", str(repo)])
     out = capsys.readouterr().out
     assert "wafer-forest [1]" in out and "wafer-mlp [1, 2]" in out
+
+
+class Gadget:
+    """A type skops does not trust: loading must refuse it before building it."""
+
+    built = 0
+
+    def __setstate__(self, state):
+        Gadget.built += 1
+        self.__dict__.update(state)
+
+    def predict_proba(self, x):
+        return np.zeros((len(x), 2))
+
+
+def test_a_skops_file_with_an_untrusted_type_is_refused_before_it_is_built(tmp_path):
+    import skops.io
+
+    folder = tmp_path / "gadget" / "1"
+    folder.mkdir(parents=True)
+    gadget = Gadget()
+    gadget.n_features_in_ = 8
+    skops.io.dump(gadget, folder / "model.skops")
+    config = models.ModelConfig("gadget", 1, models.SKLEARN_PLATFORM,
+                                [models.TensorSpec("process_features", "FP32", [-1, 8])],
+                                [models.TensorSpec("defect_probability", "FP32", [-1])],
+                                "model.skops", models.sha256_of(folder / "model.skops"))
+    (folder / "config.json").write_text(config.to_json())
+    with pytest.raises(models.ModelFormatError, match="does not trust.*Gadget") as refused:
+        models.load_model("gadget", repository=tmp_path)
+    assert str(tmp_path) not in str(refused.value) and Gadget.built == 0
+    # The operator, not the folder, decides what is trusted:
+    trusted = f"{Gadget.__module__}.Gadget"
+    model = models.load_model("gadget", repository=tmp_path, trusted_types=[trusted])
+    assert Gadget.built == 1 and model.predict(np.zeros((2, 8), np.float32)).shape == (2,)
+
+
+def test_retired_pickle_formats_are_retrained_by_make_data(tmp_path):
+    folder = models.save_torch_model(models.WaferMLP(hidden=8), "wafer-mlp", 1, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["platform"] = "pytorch_state_dict"  # what earlier versions of the course wrote
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(models.ModelFormatError, match="retrain"):
+        models.load_model("wafer-mlp", 1, repository=tmp_path)
+    training.train_wafer_models(tmp_path, n_rows=2000, names=("wafer-mlp",))
+    assert models.load_model("wafer-mlp", 1, repository=tmp_path, device="cpu").config.platform \
+        == models.TORCH_PLATFORM
+
+
+def test_error_messages_name_files_relative_to_the_repository(repo, tmp_path):
+    import shutil
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    (copy / "wafer-mlp" / "1" / "model.safetensors").write_bytes(b"changed")
+    with pytest.raises(models.ModelFormatError) as error:
+        models.load_model("wafer-mlp", 1, repository=copy)
+    assert "wafer-mlp/1/model.safetensors" in str(error.value)
+    assert str(tmp_path) not in str(error.value)

@@ -384,3 +384,135 @@ def test_a_plugged_in_batch_policy_decides_the_batches():
     assert all(r.status_code == 200 for r in responses)
     # the default policy would put up to 32 of these queued requests into one call
     assert sum(slow.calls) == 9 and max(slow.calls) == 2
+
+
+# -- hardening: what a review broke, over real HTTP ----------------------------------------
+def test_unknown_model_names_do_not_grow_the_metrics(server):
+    before = len(server.get("/metrics").text)
+    names = [f"no-such-model-{i:04d}" for i in range(300)]
+    for name in names:
+        assert server.post(f"/v2/models/{name}/infer", json=v2_body(ROWS[:1])).status_code == 404
+    assert server.post("/v2/models/wafer-mlp/versions/987/infer",
+                       json=v2_body(ROWS[:1])).status_code == 404
+    text = server.get("/metrics").text
+    assert not any(name in text for name in names) and 'version="987"' not in text
+    assert len(text) - before < 2_000  # one fixed label, not one per name
+    assert 'inference_requests_total{code="404",model="_unresolved",version=""}' in text
+
+
+def test_a_v2_batch_over_the_max_batch_size_is_a_400(server):
+    rows = np.repeat(ROWS, 2, axis=0)[:65]  # the fixture's max batch size is 64
+    response = server.post("/v2/models/wafer-mlp/infer", json=v2_body(rows))
+    assert response.status_code == 400
+    assert "batch of 65 is over wafer-mlp's max batch size of 64" in response.json()["error"]
+    assert server.get("/v2/models/wafer-mlp").json()["max_batch_size"] == 64
+
+
+def test_plain_batches_are_split_into_admitted_chunks(server):
+    records = records_json(data.make_wafer_records(300, seed=4))  # over a batch, under the limit
+    response = server.post("/predict/batch?model=wafer-forest", json={"records": records})
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 300
+    expected = server.post("/v2/models/wafer-forest/infer", json=v2_body(
+        data.feature_matrix(data.make_wafer_records(300, seed=4))[:64])).json()
+    np.testing.assert_allclose(response.json()["predictions"][:64],
+                               expected["outputs"][0]["data"], atol=1e-6)
+
+
+@pytest.mark.parametrize("length", ["²".encode("latin-1"), "¹²".encode("latin-1"),
+                                    b"9" * 5000, b"-1", b"1e3"])
+def test_a_malformed_binary_header_is_a_400(server, length):
+    body, headers = encode_binary_request({"process_features": ROWS[:1]})
+    response = server.post("/v2/models/wafer-forest/infer", content=body,
+                           headers={"content-type": headers["content-type"],
+                                    BINARY_HEADER: length})
+    assert response.status_code == 400 and "inference-header-content-length" in \
+        response.json()["error"]
+
+
+def test_a_deeply_nested_body_is_a_400(server):
+    nested = ("[" * 100_000 + "]" * 100_000).encode()
+    for path in ("/predict", "/predict/batch", "/jobs"):
+        response = server.post(path, content=nested, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and "nested too deeply" in response.json()["error"]
+    response = server.post("/v2/models/wafer-forest/infer", content=b'{"inputs": ' + nested + b"}",
+                           headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500 and "error" in response.json()
+
+
+def test_unmatched_routes_and_methods_answer_with_the_v2_error_body(server):
+    missing = server.get("/v2/nowhere")
+    assert missing.status_code == 404 and missing.json() == {"error": "no route GET /v2/nowhere"}
+    wrong = server.get("/v2/models/wafer-mlp/infer")
+    assert wrong.status_code == 405 and set(wrong.json()) == {"error"}
+
+
+def test_an_unknown_requested_output_is_a_400(server):
+    body = {**v2_body(ROWS[:1]), "outputs": [{"name": "defect_probability"}, {"name": "logits"}]}
+    response = server.post("/v2/models/wafer-mlp/infer", json=body)
+    assert response.status_code == 400 and "['logits']" in response.json()["error"]
+    body["outputs"] = [{"name": "defect_probability"}]
+    assert server.post("/v2/models/wafer-mlp/infer", json=body).status_code == 200
+
+
+def test_the_repository_index_can_list_only_ready_models(server):
+    assert server.post("/v2/repository/models/wafer-forest/unload").status_code == 200
+    try:
+        everything = server.post("/v2/repository/index").json()
+        ready = server.post("/v2/repository/index", json={"ready": True}).json()
+    finally:
+        assert server.post("/v2/repository/models/wafer-forest/load").status_code == 200
+    assert ready and all(row["state"] == "READY" for row in ready)
+    assert {row["name"] for row in everything} - {row["name"] for row in ready} \
+        == {"wafer-forest"}
+
+
+def test_a_job_body_may_be_larger_than_an_online_one(server):
+    records = records_json(data.make_wafer_records(5_000, seed=6))
+    body = json.dumps({"records": records}).encode()
+    assert len(body) > 1 << 20  # over the online limit
+    assert server.post("/predict/batch", content=body).status_code == 413
+    submitted = server.post("/jobs?model=wafer-forest", content=body,
+                            headers={"content-type": "application/json"})
+    assert submitted.status_code == 202, submitted.text
+    job = submitted.json()
+    for _ in range(600):
+        status = server.get(job["status_url"]).json()
+        if status["state"] != "RUNNING" and status["state"] != "QUEUED":
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    result = server.get(job["result_url"]).json()
+    assert result["complete"] is True and len(result["predictions"]) == 5_000
+
+
+def test_loading_a_pickled_model_runs_nothing_and_leaks_no_path(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for platform, weights in [("sklearn_joblib", "model.joblib"),
+                              ("pytorch_state_dict", "model.pt")]:
+        folder = tmp_path / f"evil-{weights.split('.')[1]}" / "1"
+        folder.mkdir(parents=True)
+        (folder / weights).write_bytes(pickle.dumps(Evil()))
+        config = models.ModelConfig(folder.parent.name, 1, platform,
+                                    [models.TensorSpec("process_features", "FP32", [-1, 8])],
+                                    [models.TensorSpec("defect_probability", "FP32", [-1])],
+                                    weights, models.sha256_of(folder / weights))
+        (folder / "config.json").write_text(config.to_json())  # the attacker writes the hash too
+    models.save_torch_model(models.WaferMLP(), "good", 1, tmp_path)
+    app = create_app(ServerSettings(repository=tmp_path, models=("good",), device="cpu"))
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        for name in ("evil-joblib", "evil-pt"):
+            response = client.post(f"/v2/repository/models/{name}/load")
+            assert response.status_code == 500 and "could run code" in response.json()["error"]
+            assert str(tmp_path) not in response.text
+        assert client.get("/v2/health/ready").status_code == 200  # the others still serve
+        ready = client.get("/v2/models/evil-pt/ready")
+        assert ready.status_code == 503 and "retrain" in ready.json()["error"]
+        index = client.post("/v2/repository/index").text
+        assert str(tmp_path) not in index
+    assert not marker.exists()

@@ -49,7 +49,7 @@ async def fire(url, n):
 
 def test_sigterm_under_load_completes_every_admitted_request(slow_repo):
     args = ["--repository", str(slow_repo), "--max-batch-size", "4", "--max-wait-ms", "0",
-            "--max-queue", "256", "--timeout-ms", "60000"]
+            "--max-queue", "256", "--timeout-ms", "60000", "--workers", "1"]
     with serve_subprocess(*args, env=ENV) as server:
         async def scenario():
             requests = asyncio.ensure_future(fire(server.url, 40))
@@ -140,7 +140,7 @@ def test_a_model_that_raises_fails_only_its_own_batch(slow_repo):
 
 def test_an_expired_deadline_is_a_504_and_never_computed(slow_repo):
     args = ["--repository", str(slow_repo), "--models", "slow", "--max-batch-size", "1",
-            "--max-wait-ms", "0", "--timeout-ms", "60000"]
+            "--max-wait-ms", "0", "--timeout-ms", "60000", "--workers", "1"]
     with serve_subprocess(*args, env=ENV) as server:
         async def scenario():
             limits = httpx.Limits(max_connections=10)
@@ -159,3 +159,42 @@ def test_an_expired_deadline_is_a_504_and_never_computed(slow_repo):
     assert [r.status_code for r in busy] == [200] * 5
     # the model computed exactly the five admitted rows, not the expired one
     assert re.search(r'inference_batch_size_sum{model="slow",version="1"} 5\.0', metrics)
+
+
+def test_sigterm_drains_for_at_most_the_grace_then_answers_the_rest_with_503(slow_repo):
+    # One worker, one row per batch, 50 ms each: 40 requests need 2 s; the grace is 0.5 s.
+    args = ["--repository", str(slow_repo), "--models", "slow", "--max-batch-size", "1",
+            "--max-wait-ms", "0", "--workers", "1", "--timeout-ms", "60000",
+            "--shutdown-grace-s", "0.5"]
+    with serve_subprocess(*args, env=ENV) as server:
+        async def scenario():
+            requests = asyncio.ensure_future(fire(server.url, 40))
+            async with httpx.AsyncClient(base_url=server.url) as probe:
+                while await queue_depth(probe) < 30:
+                    await asyncio.sleep(0.01)
+            server.terminate()
+            return await requests
+
+        responses = asyncio.run(scenario())
+        exit_code = server.process.wait(timeout=60)  # it exits: nothing holds it
+        log = server.log()
+    errors = [r for r in responses if isinstance(r, Exception)]
+    assert not errors, f"lost requests: {errors[:3]}"
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 503}, codes  # drained some, then stopped waiting
+    assert all("grace" in r.json()["error"] and r.headers["retry-after"]
+               for r in responses if r.status_code == 503)
+    assert exit_code in (0, -15) and "draining for at most 0.5 s" in log
+
+
+def test_the_server_logs_where_it_listens_its_layout_and_on_request_each_request(slow_repo):
+    from helpers.device import default_workers
+
+    for flags, logged in [([], False), (["--access-log"], True)]:
+        with serve_subprocess("--repository", str(slow_repo), "--models", "slow", *flags,
+                              env=ENV) as server:
+            httpx.post(server.url + "/v2/models/slow/infer", json=BODY)
+            log = server.log()
+        assert server.url in log
+        assert f"{default_workers('cpu')} worker(s)" in log
+        assert ("POST /v2/models/slow/infer" in log) == logged

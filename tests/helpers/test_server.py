@@ -3,17 +3,19 @@
 import asyncio
 import json
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 
 from helpers import data, models, training
 from helpers.cache import TTLCache
 from helpers.protocol import BINARY_HEADER, decode_response, encode_binary_request
 from helpers.server import ServerSettings, create_app
-from helpers.serving import serve_in_thread
+from helpers.serving import free_port, serve_in_thread, wait_until_ready
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serving_fixtures import POISON, FaultyModel, SlowModel  # noqa: E402
@@ -516,3 +518,54 @@ def test_loading_a_pickled_model_runs_nothing_and_leaks_no_path(tmp_path):
         index = client.post("/v2/repository/index").text
         assert str(tmp_path) not in index
     assert not marker.exists()
+
+
+def test_identical_requests_share_a_computation_but_not_a_deadline():
+    from helpers.cache import CoalescingCache
+
+    slow = SlowModel(delay_s=0.0)
+    slow.release.clear()  # the blocker's batch holds the only worker
+    settings = ServerSettings(repository=Path("/nonexistent"), max_wait_ms=0, workers=1)
+    app = create_app(settings, models=[slow], cache=CoalescingCache())
+    with serve_in_thread(app) as url:
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                blocker = asyncio.ensure_future(
+                    client.post("/v2/models/slow/infer", json=v2_body(ROWS[:1])))
+                await asyncio.sleep(0.2)
+                same = v2_body(ROWS[1:2])
+                short = asyncio.ensure_future(client.post(
+                    "/v2/models/slow/infer", json=same, headers={"x-timeout-ms": "50"}))
+                long = asyncio.ensure_future(client.post(
+                    "/v2/models/slow/infer", json=same, headers={"x-timeout-ms": "5000"}))
+                await asyncio.sleep(0.3)
+                slow.release.set()
+                return await asyncio.gather(blocker, short, long)
+
+        blocker, short, long = asyncio.run(scenario())
+    assert blocker.status_code == 200 and short.status_code == 504
+    assert long.status_code == 200, long.text  # the short deadline did not fail it
+    assert slow.calls == [1, 1]  # and the identical pair computed once
+
+
+def test_a_broken_model_at_start_up_leaves_the_server_ready(tmp_path):
+    models.save_torch_model(models.WaferMLP(), "good", 1, tmp_path)
+    folder = models.save_torch_model(models.WaferMLP(), "broken", 1, tmp_path)
+    (folder / "model.safetensors").write_bytes(b"not a checkpoint")
+    app = create_app(ServerSettings(repository=tmp_path, device="cpu"))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, 60, require_all=False)
+        with httpx.Client(base_url=url) as client:
+            assert client.get("/v2/health/ready").json() == {"ready": True}
+            broken = client.get("/v2/models/broken/ready")
+            assert broken.status_code == 503 and "SHA-256" in broken.json()["error"]
+            good = client.post("/v2/models/good/infer", json=v2_body(ROWS[:2]))
+            assert good.status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -12,7 +12,8 @@ Modules (one concept each):
 - ``data``      deterministic synthetic wafer records, Parquet in chunks
 - ``metrics``   latency recorder, percentiles, SLO checks, summary tables
 - ``memory``    peak memory of a block of code
-- ``models``    the model repository: configs, saving, hash-checked loading
+- ``repository`` the model repository: layout, configs, safe loading (no pickles), platforms
+- ``models``    every model kind the course serves (importing it registers them), the MLP
 - ``training``  training the course models into the repository (``make data``)
 - ``plots``     the course's standard charts (the only module importing matplotlib)
 - ``batching``  ``BatchPolicy`` (when to cut a batch) and the asyncio ``DynamicBatcher``
@@ -23,9 +24,11 @@ Modules (one concept each):
 - ``loadgen``   open- and closed-loop load generation; ``python -m helpers.loadgen``
 - ``protocol``  Open Inference Protocol (v2) bodies and tensor checks
 - ``routing``   weighted, sticky traffic splits between model versions (A/B)
-- ``registry``  the versions a server serves, their states and batchers
+- ``registry``  the versions a server serves, their states, locks and batchers
+- ``inference`` the engine: resolve, admit, deadlines, cache and coalescing, jobs, shutdown
 - ``jobs``      async jobs: submit, poll, fetch, cancel
-- ``server``    ``create_app`` and ``python -m helpers.server``
+- ``routes``    the HTTP layer: one router per concern (v2, health, repository, plain, jobs)
+- ``server``    ``ServerSettings``, ``create_app`` (wiring) and ``python -m helpers.server``
 - ``http_guards`` body limits, load shedding, failures mapped to status codes
 - ``serving``   run a server in a thread or a subprocess, and always stop it
 """
@@ -33,6 +36,6 @@ Modules (one concept each):
 __all__ = [
     "settings", "device", "data", "metrics", "memory", "models", "plots", "batching", "cache",
     "protocol", "routing", "registry", "jobs", "server", "serving", "bucketing", "wafermaps",
-    "embedder", "loadgen", "training", "http_guards",
+    "embedder", "loadgen", "training", "http_guards", "repository", "inference", "routes",
 ]
 __version__ = "0.1.0"

@@ -128,13 +128,17 @@ class NoteEmbedder:
         return prepared
 
     def predict(self, rows) -> np.ndarray:
-        """Texts, or the token-id lists from ``prepare`` -> ``(N, 384)`` unit vectors."""
-        rows = np.asarray(rows, dtype=object).ravel()
-        if rows.size == 0:
+        """Texts, or the token-id lists from ``prepare`` -> ``(N, 384)`` unit vectors.
+
+        ``rows`` may be a list or an array. Token-id lists of equal length make NumPy
+        build a 2-D array instead of an array of lists; each row is still one note.
+        """
+        items = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
+        if not items:
             return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
-        if isinstance(rows[0], str):
-            rows = self.prepare(rows)
-        return self.embed_ids([list(r) for r in rows])
+        if isinstance(items[0], str):
+            items = self.prepare(items)
+        return self.embed_ids([list(r) for r in items])
 
 
 def _load(context: LoadContext) -> NoteEmbedder:

@@ -116,6 +116,17 @@ def test_padding_does_not_change_an_embedding_but_is_counted(embedder):
     assert embedder.predict([]).shape == (0, 384)
 
 
+def test_token_lists_of_equal_length_are_still_one_note_each(embedder):
+    notes = ["pump ok", "fan ok", "valve ok"]
+    ids = embedder.token_ids(notes)
+    assert len({len(i) for i in ids}) == 1  # equal lengths: NumPy makes this 2-D
+    as_array = np.array(ids, dtype=object)
+    assert as_array.ndim == 2
+    expected = embedder.predict(notes)
+    for rows in (as_array, ids, embedder.prepare(notes)):
+        np.testing.assert_allclose(embedder.predict(rows), expected, atol=1e-6)
+
+
 def test_the_server_embeds_text_over_v2_with_buckets(tmp_path):
     from helpers.server import ServerSettings, create_app
     from helpers.serving import serve_in_thread

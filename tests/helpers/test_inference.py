@@ -31,14 +31,6 @@ async def engine_with(model, *, max_batch_size=4, max_queue=64, workers=1, **eng
     return InferenceEngine(registry, **engine_kwargs)
 
 
-async def until(condition, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition never became true"
-        await asyncio.sleep(0.001)
-
-
 def test_a_request_over_the_max_batch_size_is_a_400_naming_both_sizes():
     async def scenario():
         engine = await engine_with(SlowModel(delay_s=0), max_batch_size=4)

@@ -47,19 +47,24 @@ async def fire(url, n):
                                       for _ in range(n)), return_exceptions=True)
 
 
+def terminate_under_load(server, n: int, queued: int) -> list:
+    """Send ``n`` requests, SIGTERM the server once ``queued`` of them wait; the answers."""
+    async def scenario():
+        requests = asyncio.ensure_future(fire(server.url, n))
+        async with httpx.AsyncClient(base_url=server.url) as probe:
+            while await queue_depth(probe) < queued:
+                await asyncio.sleep(0.01)
+        server.terminate()
+        return await requests
+
+    return asyncio.run(scenario())
+
+
 def test_sigterm_under_load_completes_every_admitted_request(slow_repo):
     args = ["--repository", str(slow_repo), "--max-batch-size", "4", "--max-wait-ms", "0",
             "--max-queue", "256", "--timeout-ms", "60000", "--workers", "1"]
     with serve_subprocess(*args, env=ENV) as server:
-        async def scenario():
-            requests = asyncio.ensure_future(fire(server.url, 40))
-            async with httpx.AsyncClient(base_url=server.url) as probe:
-                while await queue_depth(probe) < 20:
-                    await asyncio.sleep(0.01)
-            server.terminate()  # SIGTERM with 20+ requests admitted and waiting
-            return await requests
-
-        responses = asyncio.run(scenario())
+        responses = terminate_under_load(server, 40, queued=20)  # 20+ admitted and waiting
         errors = [r for r in responses if isinstance(r, Exception)]
         assert not errors, f"lost requests: {errors[:3]}"
         assert [r.status_code for r in responses] == [200] * 40
@@ -167,15 +172,7 @@ def test_sigterm_drains_for_at_most_the_grace_then_answers_the_rest_with_503(slo
             "--max-wait-ms", "0", "--workers", "1", "--timeout-ms", "60000",
             "--shutdown-grace-s", "0.5"]
     with serve_subprocess(*args, env=ENV) as server:
-        async def scenario():
-            requests = asyncio.ensure_future(fire(server.url, 40))
-            async with httpx.AsyncClient(base_url=server.url) as probe:
-                while await queue_depth(probe) < 30:
-                    await asyncio.sleep(0.01)
-            server.terminate()
-            return await requests
-
-        responses = asyncio.run(scenario())
+        responses = terminate_under_load(server, 40, queued=30)
         exit_code = server.process.wait(timeout=60)  # it exits: nothing holds it
         log = server.log()
     errors = [r for r in responses if isinstance(r, Exception)]

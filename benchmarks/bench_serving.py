@@ -225,7 +225,7 @@ def bench_cnn(args, device) -> dict:
         "unbatched": (UNBATCHED, single, 1, args.users),
         "json": (batching(batch), as_json, 1, args.users),
         # two lots per model call at most; a few users keep the model busy
-        "lots": (batching(2), lots, LOT, 8),
+        "lots": (batching(2 * LOT), lots, LOT, 8),
     }, args, device, in_process)
 
 

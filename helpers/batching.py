@@ -235,9 +235,11 @@ class DynamicBatcher:
         self._arrived.set()  # wake the scheduler: it drains without waiting for company
 
         async def drain() -> None:
-            await asyncio.gather(self._scheduler, return_exceptions=True)
+            # asyncio.wait, not gather: when the grace runs out, cancelling this waiter
+            # must not cancel the batches it waits for (abort answers their callers).
+            await asyncio.wait([self._scheduler])
             while self._in_flight:
-                await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+                await asyncio.wait(list(self._in_flight))
 
         try:
             await asyncio.wait_for(drain(), timeout_s)
@@ -308,6 +310,8 @@ class DynamicBatcher:
         except DeadlineExceededError:  # the scheduler found it expired (and counted it)
             raise
         except TimeoutError:
+            if pending.future.done():  # answered in the same instant: that answer stands
+                return pending.future.result()  # (or its error, counted where it was set)
             if pending.started:  # computing now: the answer is moments away
                 return await pending.future
             pending.future.cancel()  # the scheduler drops it, it is never computed
@@ -315,7 +319,7 @@ class DynamicBatcher:
             raise DeadlineExceededError(
                 f"deadline of {timeout_s:.3f} s passed in the queue; not computed") from None
         except asyncio.CancelledError:
-            if not pending.started:
+            if not pending.started and not pending.future.done():
                 pending.future.cancel()
                 self.stats.cancelled += 1
             raise

@@ -164,6 +164,10 @@ class CoalescingCache:
             if not self._waiters[key]:
                 del self._waiters[key]
                 if not task.done():  # the last caller left: nobody wants this answer
+                    # Forget it now, not when it finishes cancelling: a caller arriving
+                    # in between must start afresh, not join a computation being dropped.
+                    if self._in_flight.get(key) is task:
+                        del self._in_flight[key]
                     task.cancel()
 
     def _finish(self, key: str, task: asyncio.Task) -> None:

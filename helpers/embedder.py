@@ -27,8 +27,8 @@ from .repository import (
     ModelConfig,
     ModelFormatError,
     TensorSpec,
-    _repo,
     register_platform,
+    repository_root,
     sha256_of,
 )
 
@@ -41,6 +41,7 @@ MAX_TOKENS = 256  # the model's trained maximum; longer notes are truncated
 # Weights that live in an installed package: safetensors, which hold tensors only,
 # so loading them cannot run code. The repository entry records their SHA-256.
 PLATFORM = "transformers_package"
+WEIGHTS_FILE = "model.safetensors"
 
 
 def model_folder() -> Path:
@@ -87,7 +88,7 @@ class NoteEmbedder:
             name="note-embedder", version=version, platform=PLATFORM,
             inputs=[TensorSpec("text", "BYTES", [-1])],
             outputs=[TensorSpec("embedding", "FP32", [-1, EMBEDDING_DIM])],
-            weights_file="model.safetensors", weights_sha256="",
+            weights_file=WEIGHTS_FILE, weights_sha256="",
             architecture={"package": PACKAGE, "pooling": "mean", "normalised": True})
 
     def token_ids(self, texts) -> list[list[int]]:
@@ -145,7 +146,9 @@ def _load(context: LoadContext) -> NoteEmbedder:
     """The repository's loader for the package platform: check the installed weights."""
     from .device import pick_device
 
-    weights = model_folder() / context.config.weights_file
+    if context.config.weights_file != WEIGHTS_FILE:  # the package's own file, nothing else
+        raise ModelFormatError(f"{context.config.name}'s weights_file must be {WEIGHTS_FILE!r}")
+    weights = model_folder() / WEIGHTS_FILE
     if not weights.is_file() or sha256_of(weights) != context.config.weights_sha256:
         raise ModelFormatError(f"the installed {PACKAGE} weights are missing or differ from the "
                                f"SHA-256 recorded in {context.config.name}'s config.json; "
@@ -158,10 +161,10 @@ register_platform(PLATFORM, _load)
 
 def write_embedder_entry(repository=None) -> Path:
     """Record the installed MiniLM package as ``note-embedder`` version 1 (no copy)."""
-    final = _repo(repository) / "note-embedder" / "1"
+    final = repository_root(repository) / "note-embedder" / "1"
     if (final / CONFIG_FILE).is_file():
         return final
-    weights = model_folder() / "model.safetensors"
+    weights = model_folder() / WEIGHTS_FILE
     config = ModelConfig(
         name="note-embedder", version=1, platform=PLATFORM,
         inputs=[TensorSpec("text", "BYTES", [-1])],

@@ -8,6 +8,7 @@ failures to status codes. Every request gets an answer, and this module decides 
 | a body over the limit                     | 413                       |
 | queue full, too many in flight, not ready | 503 + Retry-After         |
 | deadline passed before the batch ran      | 504 (never computed)      |
+| ... or before a shared computation ended  | 504 (computed for others) |
 | the model raised for this batch           | 500 (this batch only)     |
 | anything unforeseen                       | 500, the v2 error body    |
 
@@ -43,9 +44,12 @@ from .registry import NotReadyError
 from .repository import ModelNotFoundError
 
 __all__ = ["BodyTooLargeError", "ModelFailedError", "BodySizeLimit", "FrontDoor",
-           "install_error_handlers"]
+           "install_error_handlers", "UNRESOLVED"]
 
 log = logging.getLogger("helpers.server")
+# The metrics label of a request whose model or version is not known (yet, or at all).
+# Labels come only from models the server has, so random names in URLs cannot grow /metrics.
+UNRESOLVED = ("_unresolved", "")
 _LENGTH = re.compile(rb"[0-9]{1,15}")  # ASCII digits only, and no 5,000-digit numbers
 
 
@@ -95,7 +99,12 @@ class FrontDoor:
     arrive faster than the HTTP layer itself can parse them, they pile up *before*
     the batcher, in the event loop. Capping the requests in flight answers the
     excess with an immediate 503 instead of letting every request's latency grow.
+
+    Health checks and metrics scrapes are never shed: a liveness probe that gets 503
+    under load would have the pod restarted exactly when it is busiest.
     """
+
+    UNCAPPED = ("/v2/health/", "/metrics")
 
     def __init__(self, app, max_in_flight: int, metrics: ServingMetrics) -> None:
         self.app, self.max_in_flight, self.metrics = app, max_in_flight, metrics
@@ -104,7 +113,12 @@ class FrontDoor:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["path"].startswith(self.UNCAPPED):
+            return await self.app(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
+            model, version = UNRESOLVED
+            self.metrics.requests.labels(model=model, version=version, code="503").inc()
+            self.metrics.failures.labels(model=model, version=version, reason="503").inc()
             response = _error(503, f"server busy: {self.in_flight} requests in flight",
                               {"Retry-After": "1"})
             return await response(scope, receive, send)
@@ -121,7 +135,12 @@ class FrontDoor:
             await self.app(scope, receive, watch_status)
         finally:
             self.in_flight -= 1
-            served = scope.get("state", {}).get("served")  # set by the route (request.state)
+            # Set by the route once it knows the model (request.state); inference routes
+            # that fail before that count as unresolved.
+            served = scope.get("state", {}).get("served")
+            if served is None and status >= 400 and scope["path"].startswith(
+                    ("/v2/models/", "/predict", "/jobs")) and scope["method"] == "POST":
+                served = UNRESOLVED
             if served is not None:
                 labels = {"model": served[0], "version": served[1]}
                 self.metrics.requests.labels(**labels, code=str(status)).inc()

@@ -45,10 +45,6 @@ class ModelFailedError(RuntimeError):
     """The model raised while computing this request's batch (500, this batch only)."""
 
 
-# Work smaller than this runs on the event loop: a hop to a thread costs more than it.
-_OFFLOAD_ROWS = 64
-
-
 def parse_timeout_ms(raw: str | None, default_s: float, header: str = "x-timeout-ms") -> float:
     """A request's deadline in seconds from its header (milliseconds), or the default."""
     if raw is None:
@@ -101,12 +97,19 @@ class InferenceEngine:
         return self.registry.get(name, version)
 
     def admit(self, served: ServedVersion, rows: np.ndarray) -> None:
+        """Refuse (400) what must not reach a batch: too many rows, none, or rows of another
+        shape than the model takes — one such request would fail everyone's batch."""
         if len(rows) > self.max_rows:
             raise ProtocolError(
                 f"a batch of {len(rows)} is over {served.name}'s max batch size of "
                 f"{self.max_rows}: split it, or use /jobs for bulk work")
         if len(rows) == 0:
             raise ProtocolError("the batch dimension is 0: send at least one row")
+        want = served.model.config.inputs[0].shape
+        if rows.ndim != len(want) or any(w not in (-1, g)
+                                         for w, g in zip(want, rows.shape, strict=True)):
+            raise ProtocolError(f"{served.name} takes rows of shape {want} (-1: any), got "
+                                f"{list(rows.shape)}")
 
     # -- online inference ---------------------------------------------------------------
     async def infer(self, served: ServedVersion, rows: np.ndarray,
@@ -142,7 +145,9 @@ class InferenceEngine:
     async def _compute(self, served: ServedVersion, rows: np.ndarray,
                        timeout_s: float | None) -> np.ndarray:
         model = served.model
-        if hasattr(model, "prepare") and len(rows) > 1:  # tokenising is CPU work: off the loop
+        # Tokenising is CPU work: off the event loop, except for a single row, where the
+        # hop to a thread would cost more than the work.
+        if hasattr(model, "prepare") and len(rows) > 1:
             work = await asyncio.to_thread(self.registry.work, model, rows)
         else:
             work = self.registry.work(model, rows)
@@ -161,14 +166,21 @@ class InferenceEngine:
         """Many rows as ``(start, outputs)`` chunks, in order, a few in flight at a time.
 
         For the plain routes' large requests: each chunk is one admitted request, so a
-        10,000-record body cannot occupy the model as one giant batch.
+        10,000-record body cannot occupy the model as one giant batch. The deadline is the
+        whole request's: each chunk gets what is left of it.
         """
         chunk = min(chunk or self.max_rows, self.max_rows)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.default_timeout_s if timeout_s is None else timeout_s)
         pending: list[tuple[int, asyncio.Future]] = []
         try:
             for start in range(0, len(rows), chunk):
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise DeadlineExceededError(f"the request's deadline passed after "
+                                                f"{start} of {len(rows)} rows")
                 pending.append((start, asyncio.ensure_future(
-                    self.infer(served, rows[start:start + chunk], timeout_s))))
+                    self.infer(served, rows[start:start + chunk], left))))
                 if len(pending) >= in_flight:
                     start0, task = pending.pop(0)
                     yield start0, await task
@@ -184,6 +196,8 @@ class InferenceEngine:
                    to_result: Callable[[np.ndarray], list[Any]]) -> Job:
         """Score ``rows`` in the background: no online deadline, retried on a full queue,
         partial results kept. ``to_result`` turns one chunk's outputs into result items."""
+        self.admit(served, rows[:self.max_rows])  # the rows' shape, before any is queued
+
         async def compute(start: int, stop: int) -> list[Any]:
             return to_result(await self._compute(served, rows[start:stop], None))
 

@@ -24,6 +24,7 @@ into one array, calls the model once, and hands each caller its own rows back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -36,9 +37,13 @@ from .batching import BatchPolicy, DynamicBatcher
 from .bucketing import BucketedBatcher
 from .metrics import ServingMetrics
 from .models import ModelNotFoundError, list_models, list_versions, load_model
-from .repository import _is_plain_name
+from .repository import ModelFormatError, _is_plain_name
 
 __all__ = ["State", "ServedVersion", "ModelRegistry", "NotReadyError"]
+
+log = logging.getLogger("helpers.server")
+# Warm-up builds one row of the model's input: a config may not make that absurd.
+MAX_WARMUP_VALUES = 1 << 24
 
 
 class State(str, Enum):
@@ -59,7 +64,9 @@ class Work:
     rows: np.ndarray  # (n, ...): what the model's predict takes, one entry per row
     submitted: float = field(default_factory=time.perf_counter)
 
+    @property
     def size(self) -> int:
+        """Rows: what the batch policy counts."""
         return len(self.rows)
 
     @property
@@ -81,7 +88,8 @@ class ServedVersion:
 class ModelRegistry:
     def __init__(self, repository: Path | None, policy: BatchPolicy, *, max_queue: int,
                  workers: int, metrics: ServingMetrics, device: str | None = None,
-                 buckets: tuple[int, ...] = (), trusted_types: tuple[str, ...] = ()) -> None:
+                 buckets: tuple[int, ...] = (), trusted_types: tuple[str, ...] = (),
+                 drain_timeout_s: float = 25.0) -> None:
         self.repository = repository
         self.policy = policy
         self.buckets = buckets  # length bucket bounds for sequence models; () = no bucketing
@@ -90,6 +98,7 @@ class ModelRegistry:
         self.metrics = metrics
         self.device = device
         self.trusted_types = trusted_types  # extra skops types the operator trusts
+        self.drain_timeout_s = drain_timeout_s  # how long an unload waits for admitted work
         self._versions: dict[str, dict[str, ServedVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}      # one per model name
         self._loading: dict[str, asyncio.Task] = {}    # name -> the load in progress
@@ -216,11 +225,20 @@ class ModelRegistry:
                                             self.repository, self.device, self.trusted_types)
             # Warm-up: the first call pays for lazy initialisation; no request should.
             shape = [1 if d == -1 else d for d in model.config.inputs[0].shape]
+            if int(np.prod(shape)) > MAX_WARMUP_VALUES:
+                raise ModelFormatError(f"its input shape {model.config.inputs[0].shape} is "
+                                       f"over {MAX_WARMUP_VALUES:,} values per row")
             warm = np.array(["warm-up"], dtype=object) if model.config.inputs[0].datatype \
                 == "BYTES" else np.zeros(shape, np.float32)
             await asyncio.to_thread(model.predict, self.work(model, warm).rows)
-        except Exception as exc:  # a broken version must not take the server down
+        except (ModelFormatError, ModelNotFoundError) as exc:  # messages written for clients
             served.state, served.reason = State.UNAVAILABLE, f"load failed: {exc}"
+            return
+        except Exception as exc:  # a broken version must not take the server down; its
+            # message may hold host paths, so clients see the kind and the log the detail
+            log.exception("loading %s v%s failed", served.name, served.version)
+            served.state = State.UNAVAILABLE
+            served.reason = f"load failed: {type(exc).__name__} (the server log has details)"
             return
         served.model = model
         served.batcher = await self._batcher(served.name, served.version, model).start()
@@ -233,7 +251,8 @@ class ModelRegistry:
             versions = self._versions.get(name, {})
             for served in versions.values():
                 served.state = State.UNLOADING
-            await asyncio.gather(*(s.batcher.close() for s in versions.values() if s.batcher))
+            await asyncio.gather(*(s.batcher.close(self.drain_timeout_s)
+                                   for s in versions.values() if s.batcher))
             self._versions.pop(name, None)
 
     async def close(self, timeout_s: float | None = None) -> None:
@@ -270,6 +289,6 @@ class ModelRegistry:
         if self.buckets and hasattr(model, "prepare"):  # sequences: batch similar lengths
             return BucketedBatcher(predict_batch, self.policy, self.buckets,
                                    lambda work: work.length, max_queue=self.max_queue,
-                                   workers=self.workers, size_of=Work.size)
+                                   workers=self.workers, size_of=lambda work: work.size)
         return DynamicBatcher(predict_batch, self.policy, max_queue=self.max_queue,
-                              workers=self.workers, size_of=Work.size)
+                              workers=self.workers, size_of=lambda work: work.size)

@@ -54,6 +54,7 @@ __all__ = [
     "SKLEARN_PLATFORM",
     "TRUSTED_TYPES",
     "default_repository",
+    "repository_root",
     "list_models",
     "list_versions",
     "sha256_of",
@@ -156,19 +157,22 @@ def default_repository() -> Path:
     return data_dir() / "models"
 
 
-def _repo(repository: str | Path | None) -> Path:
+def repository_root(repository: str | Path | None = None) -> Path:
+    """The repository folder, absolute: ``repository``, or ``data/models``."""
     return Path(repository).resolve() if repository is not None else default_repository()
 
 
+
+
 def list_models(repository: str | Path | None = None) -> list[str]:
-    root = _repo(repository)
+    root = repository_root(repository)
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and list_versions(p.name, root))
 
 
 def list_versions(name: str, repository: str | Path | None = None) -> list[int]:
-    folder = _repo(repository) / name
+    folder = repository_root(repository) / name
     if not _is_plain_name(name) or not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir()
@@ -201,7 +205,7 @@ def write_version(root: str | Path | None, name: str, version: int, platform: st
         raise ValueError(f"versions start at 1, got {version}")
     if not _is_plain_name(name):
         raise ValueError(f"model names are one folder name, got {name!r}")
-    final = _repo(root) / name / str(version)
+    final = repository_root(root) / name / str(version)
     if final.exists():
         raise FileExistsError(f"{final} already exists; versions are immutable, save a new one")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -293,6 +297,7 @@ def save_torch_model(model: Any, name: str, version: int,
 
 def _load_torch(context: LoadContext) -> LoadedModel:
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from .device import pick_device
@@ -306,10 +311,20 @@ def _load_torch(context: LoadContext) -> LoadedModel:
                                "the course's)")
     weights = context.weights()
     try:
-        state = load_file(str(weights))  # tensors only: nothing in the file can run
+        # Build the module on the "meta" device first (shapes, no memory) and compare it
+        # with the file's header: a config asking for a huge architecture is refused
+        # before anything is allocated, and a file of another model before it is read.
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in cls(**arch).state_dict().items()}
+        with safe_open(str(weights), "pt") as f:  # the header only: nothing can run
+            found = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+        if found != expected:
+            wrong = sorted(set(found) ^ set(expected)) or \
+                [k for k in expected if found[k] != expected[k]]
+            raise ModelFormatError(f"tensors {wrong[:3]} do not match the architecture")
         module = cls(**arch)
-        module.load_state_dict(state)
-    except Exception as exc:  # not safetensors, wrong keys or shapes
+        module.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # not safetensors, wrong keys or shapes, bad arguments
         raise ModelFormatError(f"{context.label(weights)} is not a {cls.__name__} state dict as "
                                f"its config says ({type(exc).__name__}: {exc})") from None
     device = torch.device(context.device) if context.device is not None else pick_device()
@@ -410,13 +425,16 @@ def load_model(name: str, version: int | str | None = None,
     scikit-learn models always run on the CPU. ``trusted_types`` names extra Python
     types a skops file may contain (the operator's decision, never the folder's).
     """
-    root = _repo(repository)
+    root = repository_root(repository)
     folder = _resolve_version(root, name, version)
     try:
         config = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
     except (ValueError, TypeError, KeyError) as exc:
         raise ModelFormatError(f"{name}/{folder.name}/{CONFIG_FILE} is not a valid model config "
                                f"({type(exc).__name__}: {exc})") from None
+    if config.name != name or str(config.version) != folder.name:
+        raise ModelFormatError(f"{name}/{folder.name}/{CONFIG_FILE} says it is {config.name!r} "
+                               f"version {config.version}: a folder copied without its config?")
     if config.platform in RETIRED_PLATFORMS:
         raise ModelFormatError(
             f"{name} v{config.version} is stored as {RETIRED_PLATFORMS[config.platform]}, which "

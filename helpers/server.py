@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -74,7 +75,8 @@ class ServerSettings:
     splits: dict[str, str] = field(default_factory=dict)  # model -> "1:0.9,2:0.1"
     max_jobs: int = 256
     max_job_result_bytes: int = 256 << 20  # results kept for jobs; oldest finished evicted
-    shutdown_grace_s: float = 30.0  # on SIGTERM: finish admitted work for this long, then 503
+    shutdown_grace_s: float = 25.0  # on SIGTERM: finish admitted work this long, then 503
+    #                                 (under Kubernetes' default 30 s before SIGKILL)
     trusted_types: tuple[str, ...] = ()  # extra Python types skops model files may hold
     device: str | None = None       # None: helpers.device.pick_device()
 
@@ -158,7 +160,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
                              policy or settings.batch_policy(), max_queue=settings.max_queue,
                              workers=settings.model_workers(), metrics=metrics,
                              device=settings.device, buckets=settings.buckets,
-                             trusted_types=settings.trusted_types)
+                             trusted_types=settings.trusted_types,
+                             drain_timeout_s=settings.shutdown_grace_s)
     if cache is None and settings.cache_entries > 0:
         from .cache import TTLCache
         cache = TTLCache(settings.cache_entries, settings.cache_ttl_s)
@@ -243,8 +246,15 @@ def main(argv: list[str] | None = None) -> None:
     # has answered every request, so nothing is cut off mid-answer.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
                             access_log=args.access_log,
-                            timeout_graceful_shutdown=settings.shutdown_grace_s + 5)
+                            timeout_graceful_shutdown=settings.shutdown_grace_s + 2)
     Server(config).run()
+    # A model call stuck in a worker thread would hold the interpreter's exit forever
+    # (worker threads are joined at exit); every request was answered, so leave now.
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith("batch-worker")]
+    if stuck:
+        log.warning("exiting with %d model call(s) still running: %s", len(stuck), stuck)
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":

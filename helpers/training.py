@@ -26,9 +26,9 @@ from .models import WaferMLP, write_embedder_entry
 from .repository import (
     CONFIG_FILE,
     RETIRED_PLATFORMS,
-    _repo,
     list_models,
     list_versions,
+    repository_root,
     save_sklearn_model,
     save_torch_model,
 )
@@ -80,7 +80,7 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
     Existing versions are kept unless ``force``; ``names`` limits which models are
     trained (default: all). Returns ``{"name/version": folder}``.
     """
-    root = _repo(repository)
+    root = repository_root(repository)
     # Same size in every profile: CI and students grade against the same models.
     n_rows = n_rows or 60_000
     records = wafer_data.make_wafer_records(n_rows, seed=seed)

@@ -3,25 +3,25 @@ bounded metric labels, and reading a JSON body safely."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from ..http_guards import UNRESOLVED
 from ..inference import InferenceEngine, parse_timeout_ms
 from ..protocol import ProtocolError
 from ..registry import ServedVersion
 from ..repository import ModelNotFoundError
 
-__all__ = ["ROUTING_HEADER", "TIMEOUT_HEADER", "VERSION_HEADER", "UNRESOLVED", "Engine",
+__all__ = ["ROUTING_HEADER", "TIMEOUT_HEADER", "VERSION_HEADER", "UNRESOLVED", "OFFLOAD_BODY_BYTES",
+           "Engine",
            "resolve", "deadline_s", "json_body", "json_body_doc"]
 
 ROUTING_HEADER = "x-routing-key"   # sticky A/B: same key, same version
 TIMEOUT_HEADER = "x-timeout-ms"    # per-request deadline; default from the settings
 VERSION_HEADER = "x-model-version"  # every response says which version answered
-# The metrics label of a request whose model or version does not exist. Labels come
-# only from models the server has, so random names in URLs cannot grow /metrics.
-UNRESOLVED = ("_unresolved", "")
 
 
 def get_engine(request: Request) -> InferenceEngine:
@@ -53,10 +53,18 @@ def deadline_s(request: Request) -> float:
                             request.app.state.engine.default_timeout_s, TIMEOUT_HEADER)
 
 
+# Bodies larger than this are parsed in a worker thread: a 64 MiB job body parsed on the
+# event loop would stall every other request (and the health checks) for seconds.
+OFFLOAD_BODY_BYTES = 64 << 10
+
+
 async def json_body(request: Request) -> Any:
     """The body as JSON, or a 400 naming why not (malformed, not UTF-8, nested too deep)."""
+    raw = await request.body()
     try:
-        return json.loads(await request.body())
+        if len(raw) > OFFLOAD_BODY_BYTES:
+            return await asyncio.to_thread(json.loads, raw)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"body is not valid JSON: {exc}") from None
     except UnicodeDecodeError:

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from ..inference import InferenceEngine
 from ..jobs import JobState
-from .common import json_body, resolve
-from .plain import RECORDS_BODY, checked_rows, records_of
+from .common import json_body
+from .plain import RECORDS_BODY, checked_rows, records_of, served_classifier
 
 router = APIRouter(tags=["jobs"])
 
@@ -21,8 +21,8 @@ router = APIRouter(tags=["jobs"])
 @router.post("/jobs", status_code=202, openapi_extra=RECORDS_BODY)
 async def submit_job(request: Request, model: str | None = None):
     records = records_of(await json_body(request), limit=None)  # the body limit still applies
-    served = resolve(request, model or request.app.state.settings.default_model, None)
-    rows = checked_rows(request, records)
+    served = served_classifier(request, model)
+    rows = await checked_rows(request, records)
     engine: InferenceEngine = request.app.state.engine
     job = engine.submit_job(served, rows, lambda probs: [float(p) for p in probs])
     return {**job.status(), "status_url": f"/jobs/{job.id}",

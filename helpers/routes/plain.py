@@ -9,6 +9,7 @@ their own), and a ``ValueError`` it raises is a 422 naming the problem.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -66,10 +67,18 @@ def features_to_rows(records: list[dict[str, Any]]) -> np.ndarray:
     return rows
 
 
-def checked_rows(request: Request, records: list) -> np.ndarray:
+# More records than this are validated in a worker thread (a per-value check of a
+# 250,000-record job takes seconds: not on the event loop).
+OFFLOAD_RECORDS = 256
+
+
+async def checked_rows(request: Request, records: list) -> np.ndarray:
     """The app's validator over ``records``; its ``ValueError`` is a 422 with its message."""
+    validate = request.app.state.validate
     try:
-        return request.app.state.validate(records)
+        if len(records) > OFFLOAD_RECORDS:
+            return await asyncio.to_thread(validate, records)
+        return validate(records)
     except ProtocolError:
         raise
     except ValueError as exc:  # a plugged-in validator names the problem this way
@@ -95,14 +104,24 @@ def _model(request: Request, model: str | None) -> str:
     return model or request.app.state.settings.default_model
 
 
+def served_classifier(request: Request, model: str | None) -> ServedVersion:
+    """The version to serve, if it takes wafer records: one probability per record."""
+    served = resolve(request, _model(request, model), None)
+    config = served.model.config
+    if config.inputs[0].shape != [-1, len(FEATURES)] or config.outputs[0].shape != [-1]:
+        raise ProtocolError(f"{served.name} does not score wafer records; send it tensors at "
+                            f"/v2/models/{served.name}/infer")
+    return served
+
+
 @router.post("/predict", openapi_extra=FEATURES_BODY)
 async def predict_one(request: Request, model: str | None = None):
     body = await json_body(request)
     features = body.get("features") if isinstance(body, dict) else None
     if not isinstance(features, dict):
         raise ProtocolError('send {"features": {feature: value, ...}}', 422)
-    served = resolve(request, _model(request, model), None)
-    rows = checked_rows(request, [features])
+    served = served_classifier(request, model)
+    rows = await checked_rows(request, [features])
     engine: InferenceEngine = request.app.state.engine
     probs = await engine.infer(served, rows, deadline_s(request))
     return _plain(served, defect_probability=float(probs[0]))
@@ -111,8 +130,8 @@ async def predict_one(request: Request, model: str | None = None):
 @router.post("/predict/batch", openapi_extra=RECORDS_BODY)
 async def predict_batch(request: Request, model: str | None = None):
     records = records_of(await json_body(request), request.app.state.settings.max_records)
-    served = resolve(request, _model(request, model), None)
-    rows = checked_rows(request, records)
+    served = served_classifier(request, model)
+    rows = await checked_rows(request, records)
     engine: InferenceEngine = request.app.state.engine
     predictions: list[float] = []
     async for _, probs in engine.infer_chunks(served, rows, deadline_s(request)):
@@ -127,8 +146,8 @@ async def predict_stream(request: Request, model: str | None = None, chunk: int 
     records = records_of(await json_body(request), settings.max_records)
     if not 1 <= chunk <= settings.max_records:
         raise ProtocolError(f"chunk must be within 1..{settings.max_records}, got {chunk}")
-    served = resolve(request, _model(request, model), None)
-    rows, timeout_s = checked_rows(request, records), deadline_s(request)
+    served = served_classifier(request, model)
+    rows, timeout_s = await checked_rows(request, records), deadline_s(request)
     engine: InferenceEngine = request.app.state.engine
 
     async def lines():

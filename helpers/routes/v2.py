@@ -26,12 +26,18 @@ from ..protocol import (
     wants_binary_output,
 )
 from ..registry import NotReadyError
-from .common import VERSION_HEADER, Engine, deadline_s, json_body_doc, resolve
+from .common import (
+    OFFLOAD_BODY_BYTES,
+    VERSION_HEADER,
+    Engine,
+    deadline_s,
+    json_body_doc,
+    resolve,
+)
 
 router = APIRouter(tags=["inference"])
 
 # Beyond these sizes, decoding or encoding costs more than a hop to a thread.
-OFFLOAD_BODY_BYTES = 64 << 10
 OFFLOAD_OUTPUT_VALUES = 16_384
 
 _FEATURES_EXAMPLE = [349.4, 2.12, 115.0, 25, 44.5, 1539.9, 7.25, 0.62]

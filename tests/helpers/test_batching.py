@@ -407,3 +407,42 @@ def test_close_with_a_grace_period_answers_what_is_left():
 
     outcomes = asyncio.run(scenario())
     assert all(isinstance(o, BatcherClosedError) and "grace" in str(o) for o in outcomes)
+
+
+def test_expiries_are_counted_once_when_the_scheduler_and_the_timer_race():
+    def slow(items):
+        time.sleep(0.003)
+        return items
+
+    async def scenario():
+        async with DynamicBatcher(slow, BatchPolicy(1, 0), max_queue=100_000) as batcher:
+            async def one(i):
+                await asyncio.sleep((i % 50) * 0.0007)
+                try:
+                    await batcher.submit(i, timeout_s=0.004)
+                    return "ok"
+                except DeadlineExceededError:
+                    return "expired"
+
+            outcomes = await asyncio.gather(*(one(i) for i in range(1500)))
+        return outcomes, batcher.stats
+
+    outcomes, stats = asyncio.run(scenario())
+    assert stats.expired == outcomes.count("expired")
+    assert stats.completed == outcomes.count("ok")
+
+
+def test_close_with_a_grace_answers_the_computing_callers_of_every_worker():
+    async def scenario():
+        model = GatedModel()
+        batcher = await DynamicBatcher(model, BatchPolicy(1, 0), workers=2).start()
+        computing = [asyncio.create_task(batcher.submit(i)) for i in range(2)]
+        await _until(lambda: len(model.calls) == 2)  # both workers busy
+        await batcher.close(timeout_s=0.1)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*computing, return_exceptions=True), 5)
+        model.gate.set()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, BatcherClosedError) for o in outcomes), outcomes

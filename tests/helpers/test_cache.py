@@ -155,3 +155,26 @@ def test_the_starting_caller_leaving_does_not_cancel_the_others():
 
     result, leader = asyncio.run(scenario())
     assert result == "done" and leader.cancelled()
+
+
+def test_a_caller_arriving_as_the_last_one_leaves_gets_a_fresh_computation():
+    async def scenario():
+        cache = CoalescingCache()
+        gate, calls = asyncio.Event(), []
+
+        async def compute():
+            calls.append(1)
+            await gate.wait()
+            return 42
+
+        first = asyncio.ensure_future(cache.get_or_compute("k", compute))
+        await asyncio.sleep(0)
+        first.cancel()  # the only caller leaves: the computation is dropped ...
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(cache.get_or_compute("k", compute))  # ... mid-cancel
+        await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.wait_for(second, 5), len(calls)
+
+    answer, computations = asyncio.run(scenario())
+    assert answer == 42 and computations == 2

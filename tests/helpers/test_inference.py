@@ -231,3 +231,36 @@ def test_resolving_uses_the_router_then_the_newest_ready_version():
         return newest, routed, pinned
 
     assert asyncio.run(scenario()) == ("2", "1", "2")
+
+
+def test_rows_of_another_shape_are_refused_before_they_reach_a_batch():
+    async def scenario():
+        engine = await engine_with(SlowModel(delay_s=0))
+        served = engine.resolve("slow")
+        for rows in (np.ones((1, 1, 32, 32), np.float32), np.ones((2, 7), np.float32)):
+            with pytest.raises(ProtocolError, match=r"takes rows of shape \[-1, 8\]"):
+                await engine.infer(served, rows)
+        with pytest.raises(ProtocolError, match="shape"):
+            engine.submit_job(served, np.ones((5, 3), np.float32), list)
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_chunked_request_has_one_deadline_not_one_per_chunk():
+    slow = SlowModel(delay_s=0.05)
+
+    async def scenario():
+        engine = await engine_with(slow, max_batch_size=1)
+        served = engine.resolve("slow")
+        got = []
+        with pytest.raises(DeadlineExceededError):
+            # 20 chunks of 50 ms need 1 s; the request may take 0.3 s in all
+            async for start, _ in engine.infer_chunks(served, np.ones((20, 8), np.float32),
+                                                      timeout_s=0.3):
+                got.append(start)
+        await engine.close()
+        return got
+
+    got = asyncio.run(scenario())
+    assert 0 < len(got) < 20

@@ -207,3 +207,32 @@ def test_error_messages_name_files_relative_to_the_repository(repo, tmp_path):
         models.load_model("wafer-mlp", 1, repository=copy)
     assert "wafer-mlp/1/model.safetensors" in str(error.value)
     assert str(tmp_path) not in str(error.value)
+
+
+def test_an_architecture_the_weights_do_not_match_is_refused_before_it_is_built(repo, tmp_path):
+    import shutil
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    config_path = copy / "wafer-mlp" / "1" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["architecture"]["hidden"] = 4_000_000  # ~128 GB of weights if it were built
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(models.ModelFormatError, match="do not match the architecture"):
+        models.load_model("wafer-mlp", 1, repository=copy, device="cpu")
+
+
+def test_a_config_copied_into_another_folder_is_refused(repo, tmp_path):
+    import shutil
+    copy = tmp_path / "repo"
+    shutil.copytree(repo / "wafer-mlp" / "1", copy / "other" / "1")
+    with pytest.raises(models.ModelFormatError, match="says it is 'wafer-mlp'"):
+        models.load_model("other", 1, repository=copy)
+
+
+def test_the_embedder_entry_names_only_the_packages_own_weights(tmp_path):
+    folder = models.write_embedder_entry(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["weights_file"] = "../../../../etc/passwd"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(models.ModelFormatError, match="must be 'model.safetensors'"):
+        models.load_model("note-embedder", repository=tmp_path)

@@ -140,3 +140,21 @@ def test_close_cancels_jobs_still_running_after_the_grace():
         return job.state
 
     assert asyncio.run(scenario()) is JobState.CANCELLED
+
+
+def test_an_unforeseen_load_error_shows_its_kind_not_host_paths(tmp_path):
+    folder = models.save_torch_model(models.WaferMLP(hidden=8), "looped", 1, tmp_path)
+    weights = folder / "model.safetensors"
+    weights.unlink()
+    weights.symlink_to(weights)  # a symlink loop: resolve() raises with the full path
+
+    async def scenario():
+        registry = registry_of(tmp_path)
+        await registry.load("looped")
+        index = registry.index()
+        await registry.close()
+        return index
+
+    (row,) = asyncio.run(scenario())
+    assert row["state"] == "UNAVAILABLE" and row["reason"].startswith("load failed:")
+    assert str(tmp_path) not in row["reason"] and "server log" in row["reason"]

@@ -314,13 +314,18 @@ def test_requests_over_the_in_flight_limit_are_shed_at_the_door():
                                                            json=v2_body(ROWS[:1])))
                          for _ in range(10)]
                 await asyncio.sleep(0.5)
+                # the door is full, but probes and scrapes still get through
+                probes = [await client.get(path) for path in
+                          ("/v2/health/live", "/v2/health/ready", "/metrics")]
                 slow.release.set()
-                return await asyncio.gather(*tasks)
-        responses = asyncio.run(scenario())
+                return await asyncio.gather(*tasks), probes, (await client.get("/metrics")).text
+        responses, probes, metrics = asyncio.run(scenario())
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 3 + [503] * 7
     assert all("server busy" in r.json()["error"] and r.headers["retry-after"] == "1"
                for r in responses if r.status_code == 503)
+    assert [p.status_code for p in probes] == [200, 200, 200]
+    assert 'inference_requests_total{code="503",model="_unresolved",version=""} 7.0' in metrics
 
 
 def test_a_model_that_fails_to_load_is_reported_at_once(tmp_path):
@@ -569,3 +574,26 @@ def test_a_broken_model_at_start_up_leaves_the_server_ready(tmp_path):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_plain_routes_refuse_a_model_that_does_not_score_records():
+    from helpers.repository import ModelConfig, TensorSpec
+
+    class MapModel(SlowModel):
+        def __init__(self):
+            super().__init__("maps", delay_s=0)
+            self.config = ModelConfig("maps", 1, "test_double",
+                                      [TensorSpec("wafer_map", "FP32", [-1, 1, 4, 4])],
+                                      [TensorSpec("class_probabilities", "FP32", [-1, 9])], "", "")
+
+        def predict(self, x):
+            return np.full((len(x), 9), 1 / 9, np.float32)
+
+    app = create_app(ServerSettings(repository=Path("/nonexistent")), models=[MapModel()])
+    record = records_json(RECORDS[:1])[0]
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        for path, body in [("/predict", {"features": record}), ("/predict/batch",
+                           {"records": [record]}), ("/jobs", {"records": [record]})]:
+            response = client.post(f"{path}?model=maps", json=body)
+            assert response.status_code == 400, (path, response.text)
+            assert "does not score wafer records" in response.json()["error"]

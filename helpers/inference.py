@@ -41,6 +41,10 @@ from .routing import TrafficSplit
 __all__ = ["InferenceEngine", "ModelFailedError", "parse_timeout_ms"]
 
 
+# Requests of at least this many rows are tokenised in a worker thread.
+OFFLOAD_TOKENISE_ROWS = 2
+
+
 class ModelFailedError(RuntimeError):
     """The model raised while computing this request's batch (500, this batch only)."""
 
@@ -145,9 +149,9 @@ class InferenceEngine:
     async def _compute(self, served: ServedVersion, rows: np.ndarray,
                        timeout_s: float | None) -> np.ndarray:
         model = served.model
-        # Tokenising is CPU work: off the event loop, except for a single row, where the
-        # hop to a thread would cost more than the work.
-        if hasattr(model, "prepare") and len(rows) > 1:
+        # Tokenising is CPU work: off the event loop, except for a row or two, where the
+        # hop to a thread costs about as much as the work.
+        if hasattr(model, "prepare") and len(rows) >= OFFLOAD_TOKENISE_ROWS:
             work = await asyncio.to_thread(self.registry.work, model, rows)
         else:
             work = self.registry.work(model, rows)

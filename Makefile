@@ -19,7 +19,8 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND ?= Agg
 
-.PHONY: help setup data lab serve bench test lint notebooks autograde feedback grades clean
+.PHONY: help setup data lab serve bench test test-full lint notebooks autograde feedback grades \
+	clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -52,23 +53,25 @@ lint: $(STAMP)  ## ruff over the package and the tests
 
 test: setup lint  ## every check: unit tests, lessons under nbval, the nbgrader pipeline
 	COURSE_PROFILE=quick $(BIN)/python -m pytest tests solutions \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=300 -p no:cacheprovider
+
+test-full: setup  ## every solution executed in the full profile students get (slow; before a release)
+	COURSE_PROFILE=full $(BIN)/python -m pytest solutions --durations=0 \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
 
 notebooks: $(STAMP)  ## regenerate notebooks/ and solutions/ from assessments/source
 	$(BIN)/python assessments/course_pipeline.py generate $(LESSONS)
 
-autograde: $(STAMP)  ## grade everything under assessments/submitted/<student>/<lesson>/
-	cd assessments && for lesson in $(LESSONS); do \
-		$(BIN)/nbgrader autograde "$$lesson" --create --force || exit 1; done
+autograde: $(STAMP)  ## grade assessments/submitted/<student>/<lesson>/ (lessons without any skipped)
+	$(BIN)/python assessments/course_pipeline.py autograde
 
 feedback: $(STAMP)  ## HTML feedback for autograded submissions into assessments/feedback/
-	cd assessments && for lesson in $(LESSONS); do \
-		$(BIN)/nbgrader generate_feedback "$$lesson" --force || exit 1; done
+	$(BIN)/python assessments/course_pipeline.py feedback
 
 grades: $(STAMP)  ## export every grade to assessments/grades.csv
-	cd assessments && $(BIN)/nbgrader export --to grades.csv
+	$(BIN)/python assessments/course_pipeline.py grades
 
 clean:  ## remove generated data, grading state and lesson scratch files (keeps .venv)
 	rm -rf data/models assessments/gradebook.db assessments/submitted assessments/autograded \
-		assessments/feedback assessments/grades.csv
+		assessments/feedback assessments/grades.csv assessments/exchange
 	find . -name scratch -type d -prune -not -path './.venv/*' -exec rm -rf {} +

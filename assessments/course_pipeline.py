@@ -1,11 +1,17 @@
 """The course's nbgrader pipeline, shared by the Makefile and the tests.
 
-    python assessments/course_pipeline.py generate [LESSON ...]
+    python assessments/course_pipeline.py generate [LESSON ...]   # notebooks/, solutions/
+    python assessments/course_pipeline.py autograde               # every submitted lesson
+    python assessments/course_pipeline.py feedback                # every autograded lesson
+    python assessments/course_pipeline.py grades                  # assessments/grades.csv
 
-regenerates ``notebooks/`` (the student release) and ``solutions/`` from
-``assessments/source/``. The tests in ``tests/course/`` use the same functions on
-a temporary copy of the course to prove that the committed notebooks are fresh
-and that grading discriminates (the source scores full marks, the release zero).
+``generate`` regenerates ``notebooks/`` (the student release) and ``solutions/`` from
+``assessments/source/``. ``autograde`` works from a fresh clone: it registers each
+lesson that has submissions in the gradebook (creating it), skips the lessons that
+have none, and adds students as they appear. The tests in ``tests/course/`` use the
+same functions on a temporary copy of the course to prove that the committed
+notebooks are fresh and that grading discriminates (the source scores full marks,
+the release zero).
 """
 
 from __future__ import annotations
@@ -85,6 +91,60 @@ def autograde(course: Path, lesson: str) -> str:
     return nbgrader(course, "autograde", lesson, "--create", "--force")
 
 
+def lessons_with(course: Path, folder: str) -> list[str]:
+    """The lessons some student has a notebook for under ``assessments/<folder>/``."""
+    root = course / "assessments" / folder
+    return [lesson for lesson in lessons(course)
+            if any(root.glob(f"*/{lesson}/{lesson}.ipynb"))]
+
+
+def register(course: Path, lesson: str) -> None:
+    """Put ``lesson`` in the gradebook (creating it), without touching ``notebooks/``.
+
+    nbgrader learns a lesson's graded cells when it generates the release, so this
+    generates one into a scratch folder.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        nbgrader(course, "generate_assignment", lesson, "--force",
+                 f"--CourseDirectory.release_directory={scratch}")
+
+
+def autograde_submitted(course: Path = COURSE_ROOT, log=print) -> list[str]:
+    """Autograde every lesson with submissions; the ones without are skipped, and said so."""
+    submitted = lessons_with(course, "submitted")
+    for lesson in lessons(course):
+        if lesson not in submitted:
+            log(f"{lesson}: no submissions under assessments/submitted/*/{lesson}/, skipped")
+            continue
+        register(course, lesson)
+        autograde(course, lesson)
+        log(f"{lesson}: autograded")
+    return submitted
+
+
+def feedback_autograded(course: Path = COURSE_ROOT, log=print) -> list[str]:
+    """HTML feedback for every autograded lesson, into ``assessments/feedback/``."""
+    graded = lessons_with(course, "autograded")
+    for lesson in graded:
+        nbgrader(course, "generate_feedback", lesson, "--force")
+        log(f"{lesson}: feedback in assessments/feedback/*/{lesson}/")
+    if not graded:
+        log("nothing is autograded yet: run make autograde first")
+    return graded
+
+
+def export_grades(course: Path = COURSE_ROOT, log=print) -> Path | None:
+    out = course / "assessments" / "grades.csv"
+    if not (course / "assessments" / "gradebook.db").is_file():
+        log("no gradebook yet: run make autograde first")
+        return None
+    nbgrader(course, "export", "--to", str(out))
+    log(f"grades in {out.relative_to(course)}")
+    return out
+
+
 def read_grades(course: Path, lesson: str, student: str) -> list[CellGrade]:
     from nbgrader.api import Gradebook
 
@@ -104,10 +164,20 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="regenerate notebooks/ and solutions/")
     gen.add_argument("lessons", nargs="*", help="default: every lesson in assessments/source")
+    sub.add_parser("autograde", help="grade assessments/submitted/<student>/<lesson>/")
+    sub.add_parser("feedback", help="HTML feedback into assessments/feedback/")
+    sub.add_parser("grades", help="export every grade to assessments/grades.csv")
     args = parser.parse_args(argv)
-    generate(COURSE_ROOT, args.lessons or None)
-    for name in args.lessons or lessons():
-        print(f"generated notebooks/{name}/ and solutions/{name}/")
+    if args.command == "autograde":
+        autograde_submitted()
+    elif args.command == "feedback":
+        feedback_autograded()
+    elif args.command == "grades":
+        export_grades()
+    else:
+        generate(COURSE_ROOT, args.lessons or None)
+        for name in args.lessons or lessons():
+            print(f"generated notebooks/{name}/ and solutions/{name}/")
 
 
 if __name__ == "__main__":

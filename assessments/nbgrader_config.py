@@ -16,11 +16,13 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from course_preprocessors import StripSolutionDelimiters  # noqa: E402
+from course_preprocessors import HideHiddenTestDetails, StripSolutionDelimiters  # noqa: E402
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     ClearHiddenTests,
     ClearMarkScheme,
     ClearOutput,
+    GetGrades,
     IncludeHeaderFooter,
     LockCells,
 )
@@ -34,10 +36,12 @@ c.CourseDirectory.solution_directory = os.path.join("..", "solutions")
 # Data files a lesson writes while it runs never travel with a release or submission.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "scratch", "*.parquet"]
 
-# A lesson runs in about a minute under the quick profile; ten minutes means a hang.
+# A limit per *cell*, not per lesson. The slowest cell of any lesson takes about 50 s in
+# the full profile on a 2-core machine; five minutes leaves room for a slower laptop,
+# and an infinite loop in a student's cell costs five minutes, not ten.
 # Both settings are needed: nbgrader's Execute and nbconvert's ExecutePreprocessor.
-c.Execute.timeout = 600
-c.ExecutePreprocessor.timeout = 600
+c.Execute.timeout = 300
+c.ExecutePreprocessor.timeout = 300
 c.Execute.kernel_name = "python3"
 c.ExecutePreprocessor.kernel_name = "python3"
 
@@ -56,3 +60,18 @@ c.GenerateSolution.preprocessors = [
 # The mark scheme sits inside the model answer of a written exercise (a manually
 # graded answer cell), where instructors see it in the source.
 c.ClearMarkScheme.enforce_metadata = False
+
+# Feedback shows scores, the student's code and visible tests, never the hidden tests'
+# code, their tracebacks, or a mark scheme.
+c.GenerateFeedback.preprocessors = [
+    GetGrades,
+    HideHiddenTestDetails,
+    ClearHiddenTests,
+    ClearMarkScheme,
+    CSSHTMLHeaderPreprocessor,
+]
+
+# The exchange (nbgrader's release/collect/feedback mailbox) lives inside the course:
+# the system-wide default, /srv/nbgrader/exchange, is not writable on a laptop.
+c.Exchange.root = os.path.join(HERE, "exchange")
+os.makedirs(c.Exchange.root, exist_ok=True)

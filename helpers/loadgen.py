@@ -271,15 +271,31 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m helpers.loadgen", description=(
         "Load-test a helpers.server (v2 infer with synthetic wafer records)."))
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--model", default="wafer-mlp")
-    parser.add_argument("--version", default=None)
-    parser.add_argument("--mode", choices=["open", "closed"], default="open")
-    parser.add_argument("--rate", type=float, default=100.0, help="open loop: requests/s")
-    parser.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson")
-    parser.add_argument("--users", type=int, default=8, help="closed loop: concurrent users")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds excluded")
+    parser.add_argument("--url", default="http://127.0.0.1:8000",
+                        help="the server's base URL (default %(default)s)")
+    parser.add_argument("--model", default="wafer-mlp",
+                        help="a wafer-process model: requests carry 8 synthetic features "
+                             "(default %(default)s)")
+    parser.add_argument("--version", default=None,
+                        help="pin a version (default: let the server choose)")
+    parser.add_argument("--mode", choices=["open", "closed"], default="open",
+                        help="open: requests on a schedule, latency from the intended send "
+                             "time (user-facing latency); closed: N users each waiting for "
+                             "its answer (capacity). Default %(default)s")
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="open loop: requests per second (default %(default)s)")
+    parser.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson",
+                        help="open loop: random (Poisson) or evenly spaced arrivals "
+                             "(default %(default)s)")
+    parser.add_argument("--users", type=int, default=8,
+                        help="closed loop: concurrent users (default %(default)s)")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds of load (default %(default)s)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="first seconds left out of the summary (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="client timeout in seconds; a request that hits it counts at it "
+                             "in the percentiles (default %(default)s)")
     parser.add_argument("--csv", default=None, help="write every request to this CSV")
     args = parser.parse_args(argv)
     rows = data.feature_matrix(data.make_wafer_records(1000, seed=123))
@@ -287,10 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "open":
         result = asyncio.run(open_loop(args.url, make, rate_per_s=args.rate,
                                        duration_s=args.duration, arrivals=args.arrivals,
-                                       warmup_s=args.warmup))
+                                       warmup_s=args.warmup, timeout_s=args.timeout))
     else:
         result = asyncio.run(closed_loop(args.url, make, users=args.users,
-                                         duration_s=args.duration, warmup_s=args.warmup))
+                                         duration_s=args.duration, warmup_s=args.warmup,
+                                         timeout_s=args.timeout))
     print(result.summary_frame().T.to_string(header=False))
     if args.csv:
         result.frame.to_csv(args.csv, index=False)

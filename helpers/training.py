@@ -15,6 +15,7 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,8 @@ def train_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 8,
 
 def train_wafer_models(repository: str | Path | None = None, n_rows: int | None = None,
                        seed: int = 0, force: bool = False,
-                       names: tuple[str, ...] | None = None) -> dict[str, Path]:
+                       names: tuple[str, ...] | None = None,
+                       progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Train ``wafer-forest`` v1, ``wafer-mlp`` v1 and v2 and the ``wafer-cnn`` v1.
 
     Existing versions are kept unless ``force``; ``names`` limits which models are
@@ -110,7 +112,12 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
                 written[label] = root / name / str(version)
                 continue
             shutil.rmtree(root / name / str(version))
+        if progress:
+            progress(f"training {label} ...")
+        start = time.perf_counter()
         written[label] = train()
+        if progress:
+            progress(f"trained {label} in {time.perf_counter() - start:.0f} s")
     return written
 
 
@@ -164,9 +171,13 @@ def main(argv: list[str] | None = None) -> None:
         for name in list_models(args.repository):
             print(name, list_versions(name, args.repository))
         return
-    for label, folder in train_wafer_models(args.repository, force=args.force).items():
+    start = time.perf_counter()
+    trained = train_wafer_models(args.repository, force=args.force,
+                                 progress=lambda line: print(line, flush=True))
+    for label, folder in trained.items():
         config = json.loads((folder / CONFIG_FILE).read_text())
         print(f"{label}: {folder}  {config['training']}")
+    print(f"the model repository is ready ({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

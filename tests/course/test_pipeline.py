@@ -94,18 +94,23 @@ def grades(tmp_path_factory, fresh_course) -> dict[tuple[str, str], list]:
     """Autograde the source and the committed release; return their cell grades."""
     courses = {}
     for student, kind in [(SOURCE_STUDENT, "source"), (RELEASE_STUDENT, "notebooks")]:
+        # A fresh copy, no gradebook: what `make autograde` meets on a fresh clone.
         course = pipeline.copy_course(tmp_path_factory.mktemp(student))
-        pipeline.generate(course)  # registers the lessons in this copy's gradebook
         for lesson in LESSONS:
             pipeline.submit(course, student, lesson, _notebook(kind, lesson))
         courses[student] = course
 
     def grade_all(student: str) -> dict[str, float]:
-        seconds = {}
-        for lesson in LESSONS:
+        seconds, start = {}, time.perf_counter()
+
+        def lap(message: str) -> None:
+            nonlocal start
+            seconds[message.split(":")[0]] = time.perf_counter() - start
             start = time.perf_counter()
-            pipeline.autograde(courses[student], lesson)
-            seconds[lesson] = time.perf_counter() - start
+
+        graded = pipeline.autograde_submitted(courses[student], log=lap)
+        assert graded == LESSONS
+        pipeline.feedback_autograded(courses[student], log=lambda message: None)
         return seconds
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -113,8 +118,46 @@ def grades(tmp_path_factory, fresh_course) -> dict[tuple[str, str], list]:
     for student, seconds in timings.items():
         for lesson, s in seconds.items():
             print(f"autograde {student:18s} {lesson}: {s:.1f} s")
-    return {(student, lesson): pipeline.read_grades(courses[student], lesson, student)
-            for student in courses for lesson in LESSONS}
+    grades = {(student, lesson): pipeline.read_grades(courses[student], lesson, student)
+              for student in courses for lesson in LESSONS}
+    grades["courses"] = courses
+    return grades
+
+
+def test_a_lesson_without_submissions_is_skipped_not_an_error(tmp_path):
+    course = pipeline.copy_course(tmp_path / "course")
+    said = []
+    assert pipeline.autograde_submitted(course, log=said.append) == []
+    assert len(said) == len(LESSONS) and all("skipped" in line for line in said)
+    assert pipeline.feedback_autograded(course, log=said.append) == []
+    assert pipeline.export_grades(course, log=said.append) is None
+    assert "run make autograde first" in said[-1]
+
+
+def _hidden_lines(lesson: str) -> list[str]:
+    """Lines of the hidden tests that appear nowhere in the student's release."""
+    release = _notebook("notebooks", lesson).read_text()
+    lines, hidden = [], False
+    for cell in json.loads(_notebook("source", lesson).read_text())["cells"]:
+        for line in "".join(cell["source"]).splitlines():
+            if "BEGIN HIDDEN TESTS" in line or "END HIDDEN TESTS" in line:
+                hidden = "BEGIN" in line
+            elif hidden and len(line.strip()) > 20 and line.strip() not in release:
+                lines.append(line.strip())
+    return lines
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_feedback_shows_scores_but_no_hidden_test(grades, lesson):
+    import html
+
+    for student in (SOURCE_STUDENT, RELEASE_STUDENT):
+        (page,) = (grades["courses"][student] / "assessments" / "feedback" / student /
+                   lesson).glob("*.html")
+        text = html.unescape(page.read_text())
+        assert "Score" in text
+        leaked = [line for line in _hidden_lines(lesson) if line in text]
+        assert not leaked, f"{student}'s feedback for {lesson} shows hidden tests: {leaked[:2]}"
 
 
 @pytest.mark.parametrize("lesson", LESSONS)

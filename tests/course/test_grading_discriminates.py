@@ -1,0 +1,90 @@
+"""Grading discriminates: plausible wrong answers lose points, a correct answer written in
+another style than the reference gets full marks.
+
+Each scenario runs the cells an exercise's grade depends on (the lesson's set-up, the
+exercise, its experiment, its graded tests, hidden ones included) from the source notebook,
+with the answer cell replaced by one from ``tests/course/answers/<lesson>/``, in a real
+kernel under the quick profile — the graded tests measure the answer in the real server
+or batcher, as autograding does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSWERS = Path(__file__).resolve().parent / "answers"
+
+# lesson -> (the answer cell, the cells a grade of it needs, in order)
+SCENARIOS = {
+    "02_model_server": ("cell-018", ["cell-002", "cell-006", "cell-018", "cell-019", "cell-021",
+                                     "cell-022", "cell-028"]),
+    "03_caching": ("cell-013", ["cell-002", "cell-013", "cell-014", "cell-016", "cell-017"]),
+    "04_dynamic_batching": ("cell-009", ["cell-002", "cell-009", "cell-010", "cell-012",
+                                         "cell-burst", "cell-013"]),
+}
+# (lesson, answer) -> the graded test cells it must fail; [] means full marks
+EXPECTED = {
+    ("02_model_server", "other_style"): [],
+    ("02_model_server", "salted_hash"): ["02_model_server-router-tests",
+                                         "02_model_server-ab-experiment-tests"],
+    ("03_caching", "other_style"): [],
+    ("03_caching", "fifo"): ["03_caching-cache-tests", "03_caching-cache-in-server-tests"],
+    ("03_caching", "never_evicts"): ["03_caching-cache-tests",
+                                     "03_caching-cache-in-server-tests"],
+    ("03_caching", "evicts_most_recent"): ["03_caching-cache-tests",
+                                           "03_caching-cache-in-server-tests"],
+    ("04_dynamic_batching", "other_style"): [],
+    ("04_dynamic_batching", "never_waits"): ["04_dynamic_batching-policy-tests",
+                                             "04_dynamic_batching-policy-under-load-tests"],
+    # The real batcher clamps what a policy asks for to its max_batch_size, and `>` against
+    # `>=` differs only at an exact boundary no measurement hits: the unit tests catch these.
+    ("04_dynamic_batching", "ignores_max"): ["04_dynamic_batching-policy-tests"],
+    ("04_dynamic_batching", "strict_greater"): ["04_dynamic_batching-policy-tests"],
+}
+
+pytestmark = pytest.mark.slow
+
+
+def graded_failures(lesson: str, answer: str, workdir: Path) -> tuple[list[str], list[str]]:
+    """Run the scenario; return (graded test cells that failed, other cells that failed)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    source = json.loads((ROOT / "assessments" / "source" / lesson / f"{lesson}.ipynb")
+                        .read_text())
+    answer_id, wanted = SCENARIOS[lesson]
+    by_id = {cell["id"]: cell for cell in source["cells"]}
+    cells = [dict(by_id[cell_id]) for cell_id in wanted]
+    for cell in cells:
+        if cell["id"] == answer_id:
+            cell["source"] = (ANSWERS / lesson / f"{answer}.py").read_text()
+    nb = nbformat.reads(json.dumps({**source, "cells": cells}), as_version=4)
+    env = {**os.environ, "COURSE_PROFILE": "quick"}
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(workdir)}})
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    failed, broken = [], []
+    for cell in nb.cells:
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+            (failed if grade_id.endswith("-tests") else broken).append(grade_id or cell["id"])
+    return failed, broken
+
+
+@pytest.mark.parametrize("lesson, answer", sorted(EXPECTED))
+def test_each_answer_scores_as_it_should(lesson, answer, tmp_path):
+    failed, broken = graded_failures(lesson, answer, tmp_path)
+    assert not broken, f"cells other than graded tests failed: {broken}"
+    assert failed == EXPECTED[lesson, answer], \
+        f"{answer} failed {failed}; expected to fail {EXPECTED[lesson, answer]}"

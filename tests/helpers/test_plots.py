@@ -38,3 +38,32 @@ def test_plots_refuse_empty_or_mismatched_input():
         plots.latency_over_time([0.1, 0.2], [0, 1, 2])
     with pytest.raises(ValueError):
         plots.throughput_vs_batch_size([1, 2], [10])
+
+
+def test_a_rolling_line_says_whether_it_is_a_p99_or_a_maximum():
+    lat = np.random.default_rng(1).lognormal(-5, 0.5, 400)
+    labels = [line.get_label() for line in plots.latency_over_time(lat).get_lines()]
+    assert "rolling p99 (last 200 requests)" in labels
+    labels = [line.get_label() for line in plots.latency_over_time(lat, window=50).get_lines()]
+    assert any(label.startswith("rolling max") for label in labels)
+
+
+def test_the_throughput_plot_has_a_legend_for_both_axes_and_integer_ticks():
+    ax = plots.throughput_vs_batch_size([1, 2, 4, 32], [100, 180, 300, 400],
+                                        [0.001, 0.0015, 0.002, 0.01])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "throughput (items/s)", "latency per call (ms)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "32"]
+
+
+def test_compared_histograms_share_their_bins_and_an_outlier_does_not_stretch_the_axis():
+    rng = np.random.default_rng(2)
+    fast, slow = rng.lognormal(-6, 0.3, 500), rng.lognormal(-4, 0.3, 500)
+    slow[0] = 30.0  # one 30 s outlier
+    ax = plots.compare_latency_histograms({"hits": fast, "misses": slow})
+    edges = [patch.get_path().vertices[:, 0] for patch in ax.patches]
+    assert np.allclose(edges[0].min(), edges[1].min()) and np.allclose(edges[0].max(),
+                                                                         edges[1].max())
+    assert ax.get_xlim()[1] < 1_000  # ms: the 30,000 ms outlier is beyond the axis, counted
+    assert any(t.get_text().startswith("misses (") and "beyond the axis" in t.get_text()
+               for t in ax.get_legend().get_texts())

@@ -37,7 +37,7 @@ from .batching import BatchPolicy, DynamicBatcher
 from .bucketing import BucketedBatcher
 from .metrics import ServingMetrics
 from .models import ModelNotFoundError, list_models, list_versions, load_model
-from .repository import ModelFormatError, _is_plain_name
+from .repository import ModelFormatError
 
 __all__ = ["State", "ServedVersion", "ModelRegistry", "NotReadyError"]
 
@@ -193,7 +193,7 @@ class ModelRegistry:
         """
         if self.repository is None:
             raise ModelNotFoundError("this server has no model repository to load from")
-        if not _is_plain_name(name) or not list_versions(name, self.repository):
+        if not list_versions(name, self.repository):  # also [] for names that are not one folder
             raise ModelNotFoundError(f"no model named {name!r} in the repository; available: "
                                      f"{list_models(self.repository)}")
         task = self._loading.get(name)
@@ -207,17 +207,13 @@ class ModelRegistry:
         async with self._lock(name):  # an unload in progress finishes first
             versions = [str(v) for v in list_versions(name, self.repository)]
             table = self._versions.setdefault(name, {})
-            return await self._load_versions(name, versions, table)
-
-    async def _load_versions(self, name: str, versions: list[str],
-                             table: dict[str, ServedVersion]) -> list[ServedVersion]:
-        for version in versions:
-            if version in table and table[version].state is State.READY:
-                continue
-            table[version] = ServedVersion(name, version, State.LOADING)
-        await asyncio.gather(*(self._load_one(table[v]) for v in versions
-                               if table[v].state is State.LOADING))
-        return [table[v] for v in versions]
+            for version in versions:
+                if version in table and table[version].state is State.READY:
+                    continue
+                table[version] = ServedVersion(name, version, State.LOADING)
+            await asyncio.gather(*(self._load_one(table[v]) for v in versions
+                                   if table[v].state is State.LOADING))
+            return [table[v] for v in versions]
 
     async def _load_one(self, served: ServedVersion) -> None:
         try:

@@ -189,7 +189,6 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
 
     app = FastAPI(title="Real-Time ML Serving", version=__version__, lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.settings = engine, metrics, settings
-    app.state.registry, app.state.cache, app.state.jobs = registry, cache, engine.jobs
     app.state.validate = validate
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
                        limits={"/jobs": settings.max_job_body_bytes})

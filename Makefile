@@ -51,9 +51,11 @@ bench: setup  ## measure batching and server overhead; results in benchmarks/res
 lint: $(STAMP)  ## ruff over the package and the tests
 	$(BIN)/ruff check helpers tests benchmarks nbgrader_config.py assessments/*.py
 
-test: setup lint  ## every check: unit tests, lessons under nbval, the nbgrader pipeline
-	COURSE_PROFILE=quick $(BIN)/python -m pytest tests solutions \
-		--nbval-lax --nbval-current-env --nbval-cell-timeout=300 -p no:cacheprovider
+# Each lesson runs twice in `make test`, both in the autograde round trip
+# (tests/course/test_pipeline.py): the source, whose run also proves every solution cell
+# runs, and the untouched release. nbval runs the solutions on their own in test-full.
+test: setup lint  ## every check: unit tests, every lesson executed and autograded, grading
+	COURSE_PROFILE=quick $(BIN)/python -m pytest tests -p no:cacheprovider
 
 test-full: setup  ## every solution executed in the full profile students get (slow; before a release)
 	COURSE_PROFILE=full $(BIN)/python -m pytest solutions --durations=0 \

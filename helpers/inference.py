@@ -32,7 +32,7 @@ from .batching import (
     ItemTooLargeError,
     QueueFullError,
 )
-from .cache import cache_key
+from .cache import cache_key as content_cache_key
 from .jobs import Job, JobManager, run_in_chunks
 from .protocol import ProtocolError
 from .registry import ModelRegistry, ServedVersion
@@ -69,9 +69,12 @@ class InferenceEngine:
                  router: Callable[[str, str | None], str] | None = None,
                  splits: dict[str, TrafficSplit] | None = None,
                  default_timeout_s: float = 2.0, jobs: JobManager | None = None,
-                 shutdown_grace_s: float = 30.0) -> None:
+                 shutdown_grace_s: float = 30.0,
+                 cache_key: Callable[[str, str, np.ndarray], str] | None = None) -> None:
         self.registry = registry
         self.cache = cache
+        # (model, version, rows) -> key; the version is the resolved one, never "newest"
+        self.cache_key = cache_key or content_cache_key
         self.router = router
         self.splits = splits or {}
         self.default_timeout_s = default_timeout_s
@@ -124,7 +127,7 @@ class InferenceEngine:
         cache = self.cache
         if cache is None:
             return await self._compute(served, rows, timeout_s)
-        key = cache_key(served.name, served.version, rows)
+        key = self.cache_key(served.name, served.version, rows)
         if hasattr(cache, "get_or_compute"):  # coalescing: identical misses compute once
             # The shared computation runs under no caller's deadline (a caller with a
             # short one must not fail the others); each caller waits with its own. The

@@ -137,7 +137,8 @@ def _parse_setting(name: str, raw: str) -> Any:
 def create_app(settings: ServerSettings | None = None, *, models: list[Any] = (),
                cache: Any = None, router: Callable[[str, str | None], str] | None = None,
                validate: Callable[[list[dict]], np.ndarray] = features_to_rows,
-               policy: Any = None) -> FastAPI:
+               policy: Any = None,
+               cache_key: Callable[[str, str, np.ndarray], str] | None = None) -> FastAPI:
     """Build the server. Plug-in points for lessons and tests:
 
     - ``models``: extra model objects to serve (``.config`` and ``.predict``);
@@ -151,7 +152,10 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
       a ``ValueError`` it raises becomes a 422 with its message;
     - ``policy``: the batch policy of every batcher (anything with ``max_batch_size``,
       ``decide(queued_rows, oldest_wait_s)`` and ``wait_budget_s(oldest_wait_s)``; default a
-      ``BatchPolicy`` from the settings).
+      ``BatchPolicy`` from the settings);
+    - ``cache_key``: ``cache_key(model, version, rows) -> str``, the key the cache stores an
+      answer under; the version is the one that served the request, never the one asked for
+      (default ``helpers.cache.cache_key``, a SHA-256 over the canonical bytes).
     """
     settings = settings or ServerSettings()
     repository = settings.repository or default_repository()
@@ -170,7 +174,7 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         splits={name: TrafficSplit.parse(text) for name, text in settings.splits.items()},
         default_timeout_s=settings.timeout_ms / 1000,
         jobs=JobManager(settings.max_jobs, settings.max_job_result_bytes),
-        shutdown_grace_s=settings.shutdown_grace_s)
+        shutdown_grace_s=settings.shutdown_grace_s, cache_key=cache_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -2,13 +2,16 @@
 
 - the committed notebooks/ and solutions/ equal a fresh generation from source;
 - nothing only graders may see (solutions, hidden tests, mark schemes) reaches students;
-- an autograde round trip: the source, submitted as one student, passes every graded
-  test and scores full automatic marks (what `nbgrader validate` asserts); the untouched
-  release, submitted as another, fails every graded test and scores zero (what
-  `nbgrader validate --invert` asserts).
+- an autograde round trip: the source, submitted as one student, runs every cell without
+  an error and passes every graded test, scoring full automatic marks (what
+  `nbgrader validate` asserts); the untouched release, submitted as another, fails every
+  graded test and scores zero (what `nbgrader validate --invert` asserts).
 
-Executing lessons is what takes time, so the round trip grades the two submissions in
-two course copies at once, and every assertion reads the same gradebooks.
+Executing lessons is what takes time, so each lesson is executed twice in all, here: the
+source's autograde is also the check that the solutions run top to bottom (the solutions
+are the source less its hidden tests; `make test-full` runs them on their own, under
+nbval, in the full profile). The two submissions are graded in two course copies at once,
+and every assertion reads the same gradebooks and autograded notebooks.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ pytestmark = pytest.mark.slow
 def _notebook(kind: str, lesson: str, root: Path = ROOT) -> Path:
     if kind == "source":
         return root / "assessments" / "source" / lesson / f"{lesson}.ipynb"
+    if kind == "autograded":  # the source student's, as `make autograde` wrote it
+        return (root / "assessments" / "autograded" / SOURCE_STUDENT / lesson /
+                f"{lesson}.ipynb")
     return root / kind / lesson / f"{lesson}.ipynb"
 
 
@@ -158,6 +164,20 @@ def test_feedback_shows_scores_but_no_hidden_test(grades, lesson):
         assert "Score" in text
         leaked = [line for line in _hidden_lines(lesson) if line in text]
         assert not leaked, f"{student}'s feedback for {lesson} shows hidden tests: {leaked[:2]}"
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_source_runs_every_cell_without_an_error(grades, lesson):
+    """What nbval checked on solutions/, read from the autograde's own execution."""
+    executed = json.loads(_notebook("autograded", lesson, grades["courses"][SOURCE_STUDENT])
+                          .read_text())
+    errors = [f"{cell.get('id', i)}: {out['ename']}: {out['evalue'][:300]}"
+              for i, cell in enumerate(executed["cells"]) if cell["cell_type"] == "code"
+              for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    assert not errors, f"{lesson}, executed as the source: {errors}"
+    ran = [cell for cell in executed["cells"] if cell["cell_type"] == "code"]
+    assert all(cell.get("execution_count") for cell in ran if "".join(cell["source"]).strip()), \
+        f"{lesson}: some cells were never executed"
 
 
 @pytest.mark.parametrize("lesson", LESSONS)

@@ -301,6 +301,39 @@ def test_a_cache_serves_repeats_and_counts_them():
     assert "inference_cache_hits_total 1.0" in metrics
 
 
+def test_the_cache_key_sees_the_version_that_served_and_decides_staleness():
+    """The key function is pluggable; it is called with the resolved version, so a key that
+    drops the version serves v1's answers after v2 goes live, and the default key does not."""
+    from helpers.cache import cache_key as default_key
+
+    class Doubled(SlowModel):  # v2 answers differently from v1
+        def predict(self, x):
+            return 2 * super().predict(x)
+
+    def roll_out(key_fn):
+        v1, v2 = SlowModel(delay_s=0), Doubled(delay_s=0, version=2)
+        seen, cache = [], TTLCache(max_entries=100, ttl_s=60)
+
+        def recording(model, version, rows):
+            seen.append(version)
+            return key_fn(model, version, rows)
+
+        app = create_app(ServerSettings(repository=Path("/nonexistent")), models=[v1],
+                         cache=cache, cache_key=recording)
+        with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+            before = client.post("/v2/models/slow/infer", json=v2_body(ROWS[:2])).json()
+            # roll out v2 on the server's own loop, as a repository load would
+            engine = app.state.engine
+            asyncio.run_coroutine_threadsafe(engine.registry.add(v2), engine._loop).result(10)
+            after = client.post("/v2/models/slow/infer", json=v2_body(ROWS[:2])).json()
+        return before["outputs"][0]["data"], after["outputs"][0]["data"], seen
+
+    before, after, seen = roll_out(default_key)
+    assert seen == ["1", "2"] and np.allclose(after, 2 * np.array(before))
+    before, after, _ = roll_out(lambda model, version, rows: default_key(model, "", rows))
+    assert after == before  # stale: v1's answer, served by v2's request
+
+
 def test_requests_over_the_in_flight_limit_are_shed_at_the_door():
     slow = SlowModel(delay_s=0)
     slow.release.clear()  # admitted requests wait inside the server

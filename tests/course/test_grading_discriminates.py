@@ -28,6 +28,9 @@ SCENARIOS = {
     ("03_caching", "single-flight"): ("cell-sf-solution", [
         "cell-002", "cell-011", "cell-sf-solution", "cell-sf-tests", "cell-sf-server",
         "cell-sf-server-tests"]),
+    ("03_caching", "cache-key"): ("cell-key-solution", [
+        "cell-002", "cell-key-solution", "cell-key-tests", "cell-key-server",
+        "cell-key-server-tests"]),
     ("04_dynamic_batching", "policy"): ("cell-009", [
         "cell-002", "cell-009", "cell-010", "cell-012", "cell-burst", "cell-013"]),
 }
@@ -52,6 +55,13 @@ EXPECTED = {
         "03_caching-single-flight-tests"],
     ("03_caching", "single-flight", "single_flight_cancel_spreads"): [
         "03_caching-single-flight-tests"],
+    ("03_caching", "cache-key", "key_other_style"): [],
+    ("03_caching", "cache-key", "key_without_version"): [
+        "03_caching-cache-key-tests", "03_caching-cache-key-in-server-tests"],
+    ("03_caching", "cache-key", "key_str_of_array"): [
+        "03_caching-cache-key-tests", "03_caching-cache-key-in-server-tests"],
+    # Right in one process, so right in the server; only a second process tells.
+    ("03_caching", "cache-key", "key_python_hash"): ["03_caching-cache-key-tests"],
     ("04_dynamic_batching", "policy", "other_style"): [],
     ("04_dynamic_batching", "policy", "never_waits"): [
         "04_dynamic_batching-policy-tests", "04_dynamic_batching-policy-under-load-tests"],

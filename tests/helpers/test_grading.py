@@ -6,7 +6,8 @@ from helpers.grading import cell_defining, evaluate_in_fresh_process
 
 
 def test_the_latest_cell_that_defines_the_function_is_found():
-    cells = ["x = 1", "def pick(k):\n    return 1", "pick(3)", "import os\n\ndef pick(k):\n    return 2"]
+    cells = ["x = 1", "def pick(k):\n    return 1", "pick(3)",
+             "import os\n\ndef pick(k):\n    return 2"]
     assert cell_defining("pick", cells) == cells[3]
     assert cell_defining("pick", cells[:3]) == cells[1]
     with pytest.raises(AssertionError, match="no cell defines choose"):

@@ -127,9 +127,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 @contextmanager
 def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1",
-                     timeout_s: float = 120.0) -> Iterator[ServerProcess]:
-    """Run ``python -m helpers.server ARGS`` on a free port; yields a ``ServerProcess``."""
-    port = free_port(host)
+                     timeout_s: float = 120.0, port: int | None = None) -> Iterator[ServerProcess]:
+    """Run ``python -m helpers.server ARGS`` on ``port`` (default: a free one); yields a
+    ``ServerProcess`` once it is ready. A restart is a second call with the same port."""
+    port = port or free_port(host)
     log = Path(tempfile.mkstemp(prefix="helpers-server-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *args]
     with open(log, "w") as out:

@@ -23,6 +23,9 @@ ANSWERS = Path(__file__).resolve().parent / "answers"
 SCENARIOS = {
     ("02_model_server", "router"): ("cell-018", [
         "cell-002", "cell-006", "cell-018", "cell-019", "cell-021", "cell-022", "cell-028"]),
+    ("02_model_server", "retries"): ("cell-retry-solution", [
+        "cell-002", "cell-006", "cell-retry-solution", "cell-retry-tests", "cell-retry-restart",
+        "cell-retry-restart-tests", "cell-028"]),
     ("03_caching", "cache"): ("cell-013", [
         "cell-002", "cell-013", "cell-014", "cell-016", "cell-017"]),
     ("03_caching", "single-flight"): ("cell-sf-solution", [
@@ -39,6 +42,13 @@ EXPECTED = {
     ("02_model_server", "router", "other_style"): [],
     ("02_model_server", "router", "salted_hash"): ["02_model_server-router-tests",
                                                    "02_model_server-ab-experiment-tests"],
+    ("02_model_server", "retries", "retries_other_style"): [],
+    ("02_model_server", "retries", "retries_status_only"): [
+        "02_model_server-retries-tests", "02_model_server-retries-restart-tests"],
+    ("02_model_server", "retries", "retries_no_backoff"): [
+        "02_model_server-retries-tests", "02_model_server-retries-restart-tests"],
+    # Rides out a restart well (it ends); only a server that never comes back shows the bug.
+    ("02_model_server", "retries", "retries_without_deadline"): ["02_model_server-retries-tests"],
     ("03_caching", "cache", "other_style"): [],
     ("03_caching", "cache", "fifo"): ["03_caching-cache-tests",
                                       "03_caching-cache-in-server-tests"],

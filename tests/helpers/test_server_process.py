@@ -89,6 +89,21 @@ def test_overload_answers_everything_and_memory_stays_bounded(slow_repo):
     assert grown_mb < 150, f"server RSS grew {grown_mb:.0f} MiB under overload"
 
 
+def test_a_restart_on_the_same_port_serves_again():
+    """A rolling restart: the first process drains and exits, the second binds the port."""
+    from helpers.serving import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serve_subprocess("--models", "wafer-mlp", port=port) as first:
+        assert first.url == url and httpx.get(url + "/v2/health/ready").status_code == 200
+    with pytest.raises(httpx.ConnectError):  # down between the two
+        httpx.get(url + "/v2/health/live")
+    with serve_subprocess("--models", "wafer-mlp", port=port) as second:
+        assert second.process.pid != first.process.pid
+        assert httpx.get(url + "/v2/health/ready").status_code == 200
+
+
 def test_no_flags_serves_the_default_repository():
     if not models.list_models():
         training.ensure_wafer_models()

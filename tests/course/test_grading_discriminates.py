@@ -36,6 +36,9 @@ SCENARIOS = {
         "cell-key-server-tests"]),
     ("04_dynamic_batching", "policy"): ("cell-009", [
         "cell-002", "cell-009", "cell-010", "cell-012", "cell-burst", "cell-013"]),
+    ("04_dynamic_batching", "boundaries"): ("cell-bk-solution", [
+        "cell-002", "cell-015", "cell-bk-cost", "cell-bk-solution", "cell-bk-tests",
+        "cell-bk-server", "cell-bk-server-tests"]),
 }
 # (lesson, exercise, answer file) -> the graded test cells it must fail; [] means full marks
 EXPECTED = {
@@ -72,6 +75,13 @@ EXPECTED = {
         "03_caching-cache-key-tests", "03_caching-cache-key-in-server-tests"],
     # Right in one process, so right in the server; only a second process tells.
     ("03_caching", "cache-key", "key_python_hash"): ["03_caching-cache-key-tests"],
+    ("04_dynamic_batching", "boundaries", "boundaries_other_style"): [],
+    ("04_dynamic_batching", "boundaries", "boundaries_quantiles"): [
+        "04_dynamic_batching-boundaries-tests", "04_dynamic_batching-boundaries-in-server-tests"],
+    ("04_dynamic_batching", "boundaries", "boundaries_evenly_spaced"): [
+        "04_dynamic_batching-boundaries-tests", "04_dynamic_batching-boundaries-in-server-tests"],
+    ("04_dynamic_batching", "boundaries", "boundaries_greedy"): [
+        "04_dynamic_batching-boundaries-tests"],
     ("04_dynamic_batching", "policy", "other_style"): [],
     ("04_dynamic_batching", "policy", "never_waits"): [
         "04_dynamic_batching-policy-tests", "04_dynamic_batching-policy-under-load-tests"],

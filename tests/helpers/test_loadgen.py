@@ -70,7 +70,10 @@ def test_closed_loop_hides_the_same_stall():
     result = asyncio.run(closed_loop(None, request, users=1, duration_s=1.0,
                                      send=stalling_server(), progress=False))
     assert result.mode == "closed" and len(result.frame) > 100
-    assert (result.frame["latency_s"] > 0.1).sum() == 1  # coordinated omission
+    # Coordinated omission: only the stalled request saw the 0.3 s stall. (A threshold near
+    # the stall, not 0.1 s: one of 100,000 requests may meet a GC pause on a busy machine.)
+    assert (result.frame["latency_s"] >= 0.25).sum() == 1
+    assert result.frame["latency_s"].median() < 0.01
 
 
 def test_warmup_is_excluded_and_errors_are_counted_by_status():

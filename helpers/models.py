@@ -6,7 +6,8 @@ importing it registers each kind with ``helpers.repository``:
 - the wafer-process classifiers: ``WaferMLP`` (torch, here) and the scikit-learn
   forest (the repository's skops platform);
 - the wafer-map defect CNN (``helpers.wafermaps``);
-- the engineer-note embedder (``helpers.embedder``).
+- the engineer-note embedder (``helpers.embedder``);
+- the tool-log language model (``helpers.gpt``), a small GPT that lesson 05 serves.
 
 The repository's API is re-exported, so ``models.load_model("wafer-cnn")`` loads any
 of them. How models are stored, and what loading trusts: ``helpers.repository``.
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from . import data as wafer_data
-from . import embedder, wafermaps  # noqa: F401  (importing them registers their kinds)
+from . import embedder, gpt, wafermaps  # noqa: F401  (importing them registers their kinds)
 from .embedder import write_embedder_entry
 from .repository import (
     SKLEARN_PLATFORM,

@@ -13,9 +13,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "helpers"
 
-FOUNDATIONS = {"settings", "device", "data", "metrics", "memory"}
+FOUNDATIONS = {"settings", "device", "data", "metrics", "memory", "toollogs"}
 REPOSITORY = {"repository"}
-MODEL_KINDS = {"models", "wafermaps", "embedder", "training"}
+MODEL_KINDS = {"models", "wafermaps", "embedder", "training", "gpt", "kv_cache"}
 ENGINE = {"batching", "bucketing", "cache", "registry", "routing", "jobs", "inference",
           "protocol"}
 HTTP = {"server", "http_guards"} | {f"routes.{p.stem}" for p in (PACKAGE / "routes").glob("*.py")

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["KVCache", "bytes_per_token"]
+__all__ = ["KVCache", "bytes_per_token", "BLOCK_SIZE", "BlockAllocator", "BlockManager",
+           "NoFreeBlocksError", "DoubleFreeError"]
 
 
 def bytes_per_token(n_layer: int, n_head: int, head_dim: int,
@@ -60,3 +61,130 @@ class KVCache:
     def used_bytes(self) -> int:
         """What the tokens written so far need."""
         return self.nbytes * self.length // self.max_len
+
+
+# -- paged blocks -----------------------------------------------------------------------
+# A contiguous reservation holds max_len tokens per sequence from its first token on; most
+# sequences stop far shorter, and the rest of their reservation is memory no one can use.
+# vLLM's answer is paging: the cache is a pool of fixed-size blocks (16 tokens), and each
+# sequence owns a *block table* — the list of blocks its tokens live in, in order. A
+# sequence takes a new block only when its last one is full, so at most one block per
+# sequence is partly empty. The allocator below hands out blocks; the manager keeps each
+# sequence's table and answers the scheduler's questions (can this one start? can every
+# running one take one more token?). Pure bookkeeping: no tensors, so it is tested alone.
+
+BLOCK_SIZE = 16
+
+
+class NoFreeBlocksError(RuntimeError):
+    """The pool has no free block: the scheduler should have asked first."""
+
+
+class DoubleFreeError(RuntimeError):
+    """A block was freed more often than it was taken: a bookkeeping bug, never ignored."""
+
+
+class BlockAllocator:
+    """``n_blocks`` block ids, a free list and a reference count per block.
+
+    A block may be shared (``fork``: two sequences with the same prefix); it returns to the
+    free list when its last holder frees it.
+    """
+
+    def __init__(self, n_blocks: int) -> None:
+        if n_blocks < 1:
+            raise ValueError(f"a pool needs at least one block, got {n_blocks}")
+        self.n_blocks = n_blocks
+        self._free = list(range(n_blocks - 1, -1, -1))  # pop() hands out block 0 first
+        self._refs = [0] * n_blocks
+
+    @property
+    def n_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self) -> int:
+        if not self._free:
+            raise NoFreeBlocksError(f"all {self.n_blocks} blocks are in use")
+        block = self._free.pop()
+        self._refs[block] = 1
+        return block
+
+    def fork(self, block: int) -> int:
+        """One more holder of an allocated block."""
+        if self._refs[block] == 0:
+            raise DoubleFreeError(f"block {block} is free: there is nothing to share")
+        self._refs[block] += 1
+        return block
+
+    def free(self, block: int) -> None:
+        if self._refs[block] == 0:
+            raise DoubleFreeError(f"block {block} is already free")
+        self._refs[block] -= 1
+        if self._refs[block] == 0:
+            self._free.append(block)
+
+    def refs(self, block: int) -> int:
+        return self._refs[block]
+
+
+class BlockManager:
+    """Block tables of the running sequences, over one ``BlockAllocator``.
+
+    The scheduler asks ``can_allocate`` before it admits a sequence (its prompt's blocks),
+    ``can_append`` before each decode step, and ``free`` when a sequence ends, is
+    preempted or its client leaves. ``watermark_blocks`` stay free at admission, so running
+    sequences can still grow (vLLM keeps such a watermark too).
+    """
+
+    def __init__(self, n_blocks: int, block_size: int = BLOCK_SIZE,
+                 watermark_blocks: int = 0) -> None:
+        self.allocator = BlockAllocator(n_blocks)
+        self.block_size = block_size
+        self.watermark_blocks = watermark_blocks
+        self.tables: dict[object, list[int]] = {}
+        self.lengths: dict[object, int] = {}
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_size)  # ceil: 16 tokens need 1 block, 17 need 2
+
+    def can_allocate(self, n_tokens: int) -> bool:
+        return self.allocator.n_free - self.blocks_for(n_tokens) >= self.watermark_blocks
+
+    def allocate(self, seq: object, n_tokens: int) -> list[int]:
+        """Blocks for a new sequence's first ``n_tokens``: all of them, or none."""
+        if seq in self.tables:
+            raise ValueError(f"sequence {seq!r} already holds blocks")
+        needed = self.blocks_for(n_tokens)
+        if self.allocator.n_free < needed:
+            raise NoFreeBlocksError(f"{needed} blocks needed, {self.allocator.n_free} free")
+        self.tables[seq] = [self.allocator.allocate() for _ in range(needed)]
+        self.lengths[seq] = n_tokens
+        return self.tables[seq]
+
+    def can_append(self, seq: object) -> bool:
+        """Can ``seq`` take one more token (a free block, if its last one is full)?"""
+        full = self.lengths[seq] == len(self.tables[seq]) * self.block_size
+        return not full or self.allocator.n_free > 0
+
+    def append_slot(self, seq: object) -> tuple[int, int]:
+        """Room for one more token of ``seq``: its (block, offset in the block)."""
+        position = self.lengths[seq]
+        if position == len(self.tables[seq]) * self.block_size:
+            self.tables[seq].append(self.allocator.allocate())
+        self.lengths[seq] = position + 1
+        return self.tables[seq][position // self.block_size], position % self.block_size
+
+    def free(self, seq: object) -> None:
+        """Give back every block of ``seq`` (finished, preempted, or its client left)."""
+        for block in self.tables.pop(seq):
+            self.allocator.free(block)
+        del self.lengths[seq]
+
+    @property
+    def used_blocks(self) -> int:
+        return self.allocator.n_blocks - self.allocator.n_free
+
+    def waste(self) -> float:
+        """The share of allocated token slots that hold no token (partly filled last blocks)."""
+        slots = sum(len(table) for table in self.tables.values()) * self.block_size
+        return 1 - sum(self.lengths.values()) / slots if slots else 0.0

@@ -1,0 +1,71 @@
+"""Paged KV blocks: the allocator's free list and reference counts, the manager's tables."""
+
+import pytest
+
+from helpers.kv_cache import BlockAllocator, BlockManager, DoubleFreeError, NoFreeBlocksError
+
+
+def test_blocks_come_back_when_their_last_holder_frees_them():
+    pool = BlockAllocator(3)
+    a, b = pool.allocate(), pool.allocate()
+    assert (a, b) == (0, 1) and pool.n_free == 1
+    pool.fork(a)
+    pool.free(a)
+    assert pool.n_free == 1 and pool.refs(a) == 1  # still held by the fork
+    pool.free(a)
+    assert pool.n_free == 2 and pool.refs(a) == 0
+    with pytest.raises(DoubleFreeError, match="block 0 is already free"):
+        pool.free(a)
+    with pytest.raises(DoubleFreeError):
+        pool.fork(a)
+    pool.allocate(), pool.allocate()
+    with pytest.raises(NoFreeBlocksError):
+        pool.allocate()
+
+
+def test_sixteen_tokens_need_one_block_and_seventeen_two():
+    manager = BlockManager(n_blocks=8)
+    assert [manager.blocks_for(n) for n in (1, 16, 17, 32, 33)] == [1, 1, 2, 2, 3]
+    assert len(manager.allocate("a", 16)) == 1 and len(manager.allocate("b", 17)) == 2
+    assert manager.used_blocks == 3
+
+
+def test_a_failed_allocation_takes_nothing():
+    manager = BlockManager(n_blocks=4)
+    manager.allocate("a", 40)  # 3 blocks
+    assert not manager.can_allocate(17)
+    with pytest.raises(NoFreeBlocksError):
+        manager.allocate("b", 17)  # 2 needed, 1 free
+    assert manager.allocator.n_free == 1 and "b" not in manager.tables
+    with pytest.raises(ValueError, match="already holds"):
+        manager.allocate("a", 1)
+
+
+def test_appending_takes_a_block_only_when_the_last_is_full():
+    manager = BlockManager(n_blocks=3)
+    manager.allocate("a", 15)
+    assert manager.append_slot("a") == (0, 15)  # fills block 0
+    assert manager.can_append("a")
+    assert manager.append_slot("a") == (1, 0) and manager.tables["a"] == [0, 1]
+    manager.allocate("b", 16)  # the last block
+    assert not manager.can_append("b")  # full, and no block is free
+    assert manager.can_append("a")  # room left in its own block
+    manager.free("a")
+    assert manager.can_append("b")
+    block, offset = manager.append_slot("b")
+    assert offset == 0 and manager.tables["b"] == [2, block] and block in (0, 1)
+    manager.free("b")
+    assert manager.allocator.n_free == 3 and manager.tables == {} and manager.lengths == {}
+
+
+def test_the_watermark_keeps_room_for_running_sequences_to_grow():
+    manager = BlockManager(n_blocks=4, watermark_blocks=1)
+    assert manager.can_allocate(48) and not manager.can_allocate(49)
+
+
+def test_waste_is_only_the_partly_filled_last_blocks():
+    manager = BlockManager(n_blocks=16)
+    manager.allocate("a", 17)  # 2 blocks, 32 slots, 17 tokens
+    manager.allocate("b", 32)  # 2 full blocks
+    assert manager.waste() == pytest.approx(1 - 49 / 64)
+    assert BlockManager(n_blocks=2).waste() == 0.0

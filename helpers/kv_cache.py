@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["KVCache", "bytes_per_token", "BLOCK_SIZE", "BlockAllocator", "BlockManager",
-           "NoFreeBlocksError", "DoubleFreeError"]
+           "NoFreeBlocksError", "DoubleFreeError", "PagedKVPool", "PagedSequence"]
 
 
 def bytes_per_token(n_layer: int, n_head: int, head_dim: int,
@@ -188,3 +188,70 @@ class BlockManager:
         """The share of allocated token slots that hold no token (partly filled last blocks)."""
         slots = sum(len(table) for table in self.tables.values()) * self.block_size
         return 1 - sum(self.lengths.values()) / slots if slots else 0.0
+
+
+class PagedKVPool:
+    """The paged cache's tensors: K and V of ``n_blocks`` blocks of ``block_size`` tokens,
+    ``(layers, blocks, heads, block_size, head_dim)`` each, shared by every sequence through
+    one ``BlockManager``."""
+
+    def __init__(self, n_layer: int, n_blocks: int, n_head: int, head_dim: int,
+                 block_size: int = BLOCK_SIZE, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", watermark_blocks: int = 0) -> None:
+        shape = (n_layer, n_blocks, n_head, block_size, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.manager = BlockManager(n_blocks, block_size, watermark_blocks)
+
+    def sequence(self, seq: object) -> PagedSequence:
+        return PagedSequence(self, seq)
+
+
+class PagedSequence:
+    """One sequence's cache in a ``PagedKVPool``, with ``KVCache``'s ``update`` (batch 1).
+
+    Writing position ``p`` goes to block ``table[p // block_size]`` at offset
+    ``p % block_size``; reading gathers the sequence's positions back, block by block, in
+    order — the attention sees the same keys a contiguous cache holds.
+    """
+
+    def __init__(self, pool: PagedKVPool, seq: object) -> None:
+        self.pool, self.seq = pool, seq
+
+    @property
+    def length(self) -> int:
+        return self.pool.manager.lengths.get(self.seq, 0)
+
+    def _slots(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block, offset) of positions ``start..end``, as index tensors."""
+        size = self.pool.manager.block_size
+        table = torch.tensor(self.pool.manager.tables[self.seq], device=self.pool.keys.device)
+        where = torch.arange(start, end, device=self.pool.keys.device)
+        return table[where // size], where % size
+
+    def update(self, layer: int, start: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if k.shape[0] != 1:
+            raise ValueError(f"a paged sequence holds one sequence, got a batch of {k.shape[0]}")
+        end = start + k.shape[2]
+        manager = self.pool.manager
+        if layer == 0:  # the first layer of a step reserves the step's slots, once
+            if self.seq not in manager.tables:
+                manager.allocate(self.seq, end)
+            else:
+                if start != manager.lengths[self.seq]:
+                    raise ValueError(f"writing at {start}, but {manager.lengths[self.seq]} "
+                                     "tokens are cached: a paged sequence only grows")
+                for _ in range(end - start):
+                    manager.append_slot(self.seq)
+        blocks, offsets = self._slots(start, end)
+        # (T, H, D) at each (block, offset): the two index tensors pick the slots
+        self.pool.keys[layer, blocks, :, offsets] = k[0].transpose(0, 1)
+        self.pool.values[layer, blocks, :, offsets] = v[0].transpose(0, 1)
+        blocks, offsets = self._slots(0, end)
+        keys = self.pool.keys[layer, blocks, :, offsets].transpose(0, 1)[None]
+        values = self.pool.values[layer, blocks, :, offsets].transpose(0, 1)[None]
+        return keys, values  # (1, H, end, D)
+
+    def free(self) -> None:
+        self.pool.manager.free(self.seq)

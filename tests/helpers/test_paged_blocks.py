@@ -69,3 +69,38 @@ def test_waste_is_only_the_partly_filled_last_blocks():
     manager.allocate("b", 32)  # 2 full blocks
     assert manager.waste() == pytest.approx(1 - 49 / 64)
     assert BlockManager(n_blocks=2).waste() == 0.0
+
+
+def test_a_paged_sequence_generates_what_the_contiguous_cache_does():
+    import torch
+
+    from helpers.gpt import ToolLogGPT, ToolLogTokenizer, generate
+    from helpers.kv_cache import PagedKVPool
+
+    torch.manual_seed(0)
+    model = ToolLogGPT(ToolLogTokenizer().vocab_size).eval()
+    c = model.config
+    pool = PagedKVPool(c.n_layer, n_blocks=12, n_head=c.n_head, head_dim=c.head_dim)
+    prompt = torch.randint(0, c.vocab_size, (1, 21), generator=torch.Generator().manual_seed(3))
+    expected = generate(model, prompt, 60)
+    others = pool.sequence("other")
+    with torch.inference_mode():
+        model(prompt[:, :5], others)  # another sequence's blocks sit between ours
+        paged = pool.sequence("ours")
+        ids = prompt
+        logits = model(ids, paged)[:, -1]
+        for step in range(60):
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+            if step < 59:  # the last token needs no step: nothing comes after it
+                logits = model(ids[:, -1:], paged, start=ids.shape[1] - 1)[:, -1]
+    assert torch.equal(ids, expected)
+    assert paged.length == 80 and len(pool.manager.tables["ours"]) == 5  # 80 tokens, 5 blocks
+    assert pool.manager.waste() < 0.2
+    paged.free()
+    others.free()
+    assert pool.manager.allocator.n_free == 12
+    with pytest.raises(ValueError, match="only grows"):
+        with torch.inference_mode():
+            seq = pool.sequence("again")
+            model(prompt[:, :4], seq)
+            model(prompt[:, :1], seq, start=2)

@@ -121,13 +121,20 @@ class CausalSelfAttention(nn.Module):
         batch, steps, channels = x.shape
         q, k, v = (t.view(batch, steps, self.n_head, -1).transpose(1, 2)
                    for t in self.qkv(x).split(channels, dim=2))  # (B, H, T, D) each
-        where = slice(start, start + steps)  # these tokens' positions
-        cos, sin = self.cos[where], self.sin[where]
+        # A batch of sequences at different positions (a paged decode step) brings each
+        # row's position and a mask over its padded keys; otherwise every row sits at start.
+        rows_at, mask = getattr(cache, "positions", None), getattr(cache, "mask", None)
+        if rows_at is None:
+            cos, sin = self.cos[start:start + steps], self.sin[start:start + steps]
+        else:
+            cos, sin = self.cos[rows_at][:, None], self.sin[rows_at][:, None]  # (B, 1, T, D/2)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:  # write the new K/V first, then attend over all of them
             k, v = cache.update(layer, start, k, v)
         seen = k.shape[2]
-        if steps == seen:  # no cache, or a prefill from position 0: the square mask
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif steps == seen:  # no cache, or a prefill from position 0: the square mask
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif steps == 1:  # one new token sees everything before it, and itself
             y = F.scaled_dot_product_attention(q, k, v)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["KVCache", "bytes_per_token", "BLOCK_SIZE", "BlockAllocator", "BlockManager",
-           "NoFreeBlocksError", "DoubleFreeError", "PagedKVPool", "PagedSequence"]
+           "NoFreeBlocksError", "DoubleFreeError", "PagedKVPool", "PagedSequence",
+           "PagedBatch"]
 
 
 def bytes_per_token(n_layer: int, n_head: int, head_dim: int,
@@ -255,3 +256,43 @@ class PagedSequence:
 
     def free(self) -> None:
         self.pool.manager.free(self.seq)
+
+
+class PagedBatch:
+    """One decode step of several sequences in a ``PagedKVPool``: each writes one token at
+    its own position (its cached length) and attends over its own blocks.
+
+    The rows have different lengths, so the gathered keys are padded to the longest and
+    ``mask`` (``(B, 1, 1, L)``) hides each row's padding; ``positions`` (``(B, 1)``) tells
+    the attention where each row's new token sits, for its rotary angle.
+    """
+
+    def __init__(self, pool: PagedKVPool, seqs: list) -> None:
+        self.pool, self.seqs = pool, list(seqs)
+        lengths = [pool.manager.lengths[s] for s in self.seqs]
+        device = pool.keys.device
+        self.positions = torch.tensor(lengths, device=device)[:, None]
+        self._lengths = self.positions[:, 0] + 1  # after this step's token
+        self.mask = (torch.arange(int(self._lengths.max()), device=device)[None]
+                     < self._lengths[:, None])[:, None, None, :]
+
+    def update(self, layer: int, start: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        manager, size = self.pool.manager, self.pool.manager.block_size
+        if layer == 0:  # reserve this step's slot of every row, once
+            for seq in self.seqs:
+                manager.append_slot(seq)
+        longest = max(len(manager.tables[s]) for s in self.seqs)
+        tables = torch.tensor([manager.tables[s] + [0] * (longest - len(manager.tables[s]))
+                               for s in self.seqs], device=self.pool.keys.device)
+        rows = torch.arange(len(self.seqs), device=tables.device)
+        new = self.positions[:, 0]
+        blocks, offsets = tables[rows, new // size], new % size
+        self.pool.keys[layer, blocks, :, offsets] = k[:, :, 0]  # (B, H, D) at each row's slot
+        self.pool.values[layer, blocks, :, offsets] = v[:, :, 0]
+        where = torch.arange(self.mask.shape[-1], device=tables.device)
+        blocks = tables[:, where // size]  # (B, L); the padding reads block 0, masked
+        offsets = (where % size).expand_as(blocks)
+        keys = self.pool.keys[layer, blocks, :, offsets].permute(0, 2, 1, 3)  # (B, H, L, D)
+        values = self.pool.values[layer, blocks, :, offsets].permute(0, 2, 1, 3)
+        return keys, values

@@ -1,0 +1,152 @@
+"""The generation engine: iteration-level batching over a paged KV cache.
+
+Each ``step()`` asks ``helpers.scheduling.schedule`` who runs, then applies the decision:
+
+- **preempted** sequences give back every block and return to the front of the queue,
+  keeping the tokens they generated; when they are admitted again, their prompt and those
+  tokens are prefilled anew (recompute), so their output does not change;
+- **running** sequences decode one token each, in **one batched model call**
+  (``helpers.kv_cache.PagedBatch``: each row at its own position, over its own blocks);
+- **admitted** sequences are prefilled one by one and produce their first token.
+
+A sequence that has its ``max_new_tokens`` leaves at once and frees its blocks — the
+point of continuous batching: its place goes to the next in the queue in the very next
+step. ``static=True`` runs the same engine the old way, for comparison: a batch is
+admitted only when the previous one has completely finished.
+
+Greedy decoding, so the engine's output for a request equals ``helpers.gpt.generate`` for
+that request alone, whatever else shares its steps. The engine is synchronous and
+single-threaded: a server runs its steps off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .gpt import ToolLogGPT
+from .kv_cache import BLOCK_SIZE, PagedBatch, PagedKVPool
+from .scheduling import SeqState, schedule
+
+__all__ = ["GenerationRequest", "GenerationEngine"]
+
+
+@dataclass
+class GenerationRequest:
+    request_id: object
+    prompt: list[int]
+    max_new_tokens: int
+    arrival: int
+    generated: list[int] = field(default_factory=list)
+    preemptions: int = 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.generated) >= self.max_new_tokens
+
+
+class GenerationEngine:
+    """Requests in, one token per running request per ``step()`` out."""
+
+    def __init__(self, model: ToolLogGPT, *, n_blocks: int, max_running: int = 8,
+                 block_size: int = BLOCK_SIZE, watermark_blocks: int = 1,
+                 static: bool = False) -> None:
+        c = model.config
+        self.model, self.max_running, self.static = model, max_running, static
+        self.block_size, self.watermark_blocks = block_size, watermark_blocks
+        weight = model.tokens.weight
+        self.pool = PagedKVPool(c.n_layer, n_blocks, c.n_head, c.head_dim, block_size,
+                                dtype=weight.dtype, device=weight.device,
+                                watermark_blocks=watermark_blocks)
+        self.waiting: list[GenerationRequest] = []
+        self.running: dict[object, GenerationRequest] = {}
+        self._arrivals = 0
+
+    @property
+    def manager(self):
+        return self.pool.manager
+
+    def add(self, request_id: object, prompt: Sequence[int], max_new_tokens: int) -> None:
+        """Queue a request; refuse one that could never fit the context or the pool."""
+        total = len(prompt) + max_new_tokens
+        if not prompt or max_new_tokens < 1:
+            raise ValueError("a request needs a prompt and at least one new token")
+        if total > self.model.config.context:
+            raise ValueError(f"{len(prompt)} prompt + {max_new_tokens} new tokens is over the "
+                             f"context of {self.model.config.context}")
+        room = self.manager.allocator.n_blocks - self.watermark_blocks
+        if self.manager.blocks_for(total) > room:
+            raise ValueError(f"{total} tokens need {self.manager.blocks_for(total)} blocks; "
+                             f"the pool can give one sequence {room}")
+        if request_id in self.running or any(r.request_id == request_id for r in self.waiting):
+            raise ValueError(f"request {request_id!r} is already queued or running")
+        self.waiting.append(GenerationRequest(request_id, list(prompt), max_new_tokens,
+                                              self._arrivals))
+        self._arrivals += 1
+
+    def cancel(self, request_id: object) -> None:
+        """The client left: drop the request, and free its blocks if it holds any."""
+        if request_id in self.running:
+            del self.running[request_id]
+            self.manager.free(request_id)
+        self.waiting = [r for r in self.waiting if r.request_id != request_id]
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[object, int, bool]]:
+        """One iteration; returns ``(request_id, new token, finished)`` for each token made."""
+        decision = schedule(
+            [SeqState(r.request_id, r.arrival, len(r.prompt) + len(r.generated))
+             for r in self.waiting],
+            [SeqState(r.request_id, r.arrival, self.manager.lengths[r.request_id])
+             for r in self.running.values()],
+            free_blocks=self.manager.allocator.n_free, block_size=self.block_size,
+            max_running=self.max_running, watermark_blocks=self.watermark_blocks,
+            static=self.static)
+        for request_id in decision.preempt:  # recompute later; keep what was generated
+            request = self.running.pop(request_id)
+            self.manager.free(request_id)
+            request.preemptions += 1
+            self.waiting.append(request)
+        self.waiting.sort(key=lambda r: r.arrival)
+
+        made: list[tuple[object, int]] = []
+        if decision.run:  # every running sequence, one token, one batched call
+            batch = [self.running[i] for i in decision.run]
+            last = torch.tensor([[r.generated[-1]] for r in batch],
+                                device=self.model.tokens.weight.device)
+            logits = self.model(last, PagedBatch(self.pool, list(decision.run)))[:, -1]
+            made += zip(decision.run, logits.argmax(-1).tolist(), strict=True)
+        for request_id in decision.admit:  # prefill: the prompt (and any recomputed tokens)
+            request = next(r for r in self.waiting if r.request_id == request_id)
+            self.waiting.remove(request)
+            self.running[request_id] = request
+            tokens = torch.tensor([request.prompt + request.generated],
+                                  device=self.model.tokens.weight.device)
+            logits = self.model(tokens, self.pool.sequence(request_id))[:, -1]
+            made.append((request_id, int(logits.argmax(-1))))
+
+        events = []
+        for request_id, token in made:
+            request = self.running[request_id]
+            request.generated.append(token)
+            if request.done:  # leaves now: its blocks go to whoever is next
+                del self.running[request_id]
+                self.manager.free(request_id)
+            events.append((request_id, token, request.done))
+        return events
+
+    def run_until_done(self) -> dict[object, list[int]]:
+        """Step until every request has finished; each request's generated tokens."""
+        finished: dict[object, list[int]] = {}
+        requests = {r.request_id: r for r in self.waiting} | dict(self.running)
+        while self.has_work:
+            for request_id, _, done in self.step():
+                if done:
+                    finished[request_id] = requests[request_id].generated
+        return finished

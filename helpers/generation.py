@@ -11,8 +11,11 @@ Each ``step()`` asks ``helpers.scheduling.schedule`` who runs, then applies the 
 
 A sequence that has its ``max_new_tokens`` leaves at once and frees its blocks — the
 point of continuous batching: its place goes to the next in the queue in the very next
-step. ``static=True`` runs the same engine the old way, for comparison: a batch is
-admitted only when the previous one has completely finished.
+step. ``static=True`` runs the same engine the way continuous batching replaced, for
+comparison: a batch is admitted only into an empty engine and runs as one padded batch —
+a row that has finished keeps being computed (its tokens thrown away), as in a padded
+``generate`` call, until the batch's longest row is done — and every row's answer is
+delivered when the whole batch ends.
 
 Greedy decoding, so the engine's output for a request equals ``helpers.gpt.generate`` for
 that request alone, whatever else shares its steps. The engine is synchronous and
@@ -98,8 +101,9 @@ class GenerationEngine:
         return bool(self.waiting or self.running)
 
     @torch.inference_mode()
-    def step(self) -> list[tuple[object, int, bool]]:
-        """One iteration; returns ``(request_id, new token, finished)`` for each token made."""
+    def step(self) -> list[tuple[object, int | None, bool]]:
+        """One iteration: ``(request_id, new token, finished)`` for each token made; in static
+        mode a batch's end adds ``(request_id, None, True)`` for each of its rows."""
         decision = schedule(
             [SeqState(r.request_id, r.arrival, len(r.prompt) + len(r.generated))
              for r in self.waiting],
@@ -116,12 +120,14 @@ class GenerationEngine:
         self.waiting.sort(key=lambda r: r.arrival)
 
         made: list[tuple[object, int]] = []
-        if decision.run:  # every running sequence, one token, one batched call
-            batch = [self.running[i] for i in decision.run]
-            last = torch.tensor([[r.generated[-1]] for r in batch],
+        # a finished static row that reached the context stops: there is no position left
+        run = [i for i in decision.run if not (self.running[i].done and self.manager.lengths[i]
+                                               >= self.model.config.context)]
+        if run:  # every running sequence, one token, one batched call
+            last = torch.tensor([[self.running[i].generated[-1]] for i in run],
                                 device=self.model.tokens.weight.device)
-            logits = self.model(last, PagedBatch(self.pool, list(decision.run)))[:, -1]
-            made += zip(decision.run, logits.argmax(-1).tolist(), strict=True)
+            logits = self.model(last, PagedBatch(self.pool, run))[:, -1]
+            made += zip(run, logits.argmax(-1).tolist(), strict=True)
         for request_id in decision.admit:  # prefill: the prompt (and any recomputed tokens)
             request = next(r for r in self.waiting if r.request_id == request_id)
             self.waiting.remove(request)
@@ -134,11 +140,18 @@ class GenerationEngine:
         events = []
         for request_id, token in made:
             request = self.running[request_id]
+            if request.done:  # static: a finished row is padding; its token is thrown away
+                continue
             request.generated.append(token)
-            if request.done:  # leaves now: its blocks go to whoever is next
+            if request.done and not self.static:  # leaves now: its blocks go to the next
                 del self.running[request_id]
                 self.manager.free(request_id)
-            events.append((request_id, token, request.done))
+            events.append((request_id, token, request.done and not self.static))
+        if self.static and self.running and all(r.done for r in self.running.values()):
+            for request_id in list(self.running):  # the batch ends: every answer at once
+                del self.running[request_id]
+                self.manager.free(request_id)
+                events.append((request_id, None, True))
         return events
 
     def run_until_done(self) -> dict[object, list[int]]:

@@ -193,19 +193,42 @@ class BlockManager:
 
 class PagedKVPool:
     """The paged cache's tensors: K and V of ``n_blocks`` blocks of ``block_size`` tokens,
-    ``(layers, blocks, heads, block_size, head_dim)`` each, shared by every sequence through
-    one ``BlockManager``."""
+    shared by every sequence through one ``BlockManager``.
+
+    Stored ``(layers, blocks × block_size, heads, head_dim)``: token slot ``block ×
+    block_size + offset`` is one row, so writing and gathering a sequence's tokens is one
+    ``index_copy_`` / ``index_select`` of rows per layer.
+    """
 
     def __init__(self, n_layer: int, n_blocks: int, n_head: int, head_dim: int,
                  block_size: int = BLOCK_SIZE, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu", watermark_blocks: int = 0) -> None:
-        shape = (n_layer, n_blocks, n_head, block_size, head_dim)
+        shape = (n_layer, n_blocks * block_size, n_head, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.manager = BlockManager(n_blocks, block_size, watermark_blocks)
 
     def sequence(self, seq: object) -> PagedSequence:
         return PagedSequence(self, seq)
+
+    def slots(self, seq: object, start: int, end: int) -> torch.Tensor:
+        """The slot rows of positions ``start..end`` of ``seq``, by its block table."""
+        size = self.manager.block_size
+        table = torch.tensor(self.manager.tables[seq], device=self.keys.device)
+        where = torch.arange(start, end, device=self.keys.device)
+        return table[where // size] * size + where % size
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """``k``/``v``: ``(N, H, D)``, one row per slot."""
+        self.keys[layer].index_copy_(0, slots, k)
+        self.values[layer].index_copy_(0, slots, v)
+
+    def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows at ``slots`` (any shape S), as ``(*S, H, D)``."""
+        flat = slots.reshape(-1)
+        keys = self.keys[layer].index_select(0, flat)
+        values = self.values[layer].index_select(0, flat)
+        return keys.view(*slots.shape, *keys.shape[1:]), values.view(*slots.shape, *keys.shape[1:])
 
 
 class PagedSequence:
@@ -223,13 +246,6 @@ class PagedSequence:
     def length(self) -> int:
         return self.pool.manager.lengths.get(self.seq, 0)
 
-    def _slots(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(block, offset) of positions ``start..end``, as index tensors."""
-        size = self.pool.manager.block_size
-        table = torch.tensor(self.pool.manager.tables[self.seq], device=self.pool.keys.device)
-        where = torch.arange(start, end, device=self.pool.keys.device)
-        return table[where // size], where % size
-
     def update(self, layer: int, start: int, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if k.shape[0] != 1:
@@ -245,14 +261,10 @@ class PagedSequence:
                                      "tokens are cached: a paged sequence only grows")
                 for _ in range(end - start):
                     manager.append_slot(self.seq)
-        blocks, offsets = self._slots(start, end)
-        # (T, H, D) at each (block, offset): the two index tensors pick the slots
-        self.pool.keys[layer, blocks, :, offsets] = k[0].transpose(0, 1)
-        self.pool.values[layer, blocks, :, offsets] = v[0].transpose(0, 1)
-        blocks, offsets = self._slots(0, end)
-        keys = self.pool.keys[layer, blocks, :, offsets].transpose(0, 1)[None]
-        values = self.pool.values[layer, blocks, :, offsets].transpose(0, 1)[None]
-        return keys, values  # (1, H, end, D)
+        self.pool.write(layer, self.pool.slots(self.seq, start, end),
+                        k[0].transpose(0, 1), v[0].transpose(0, 1))  # (T, H, D)
+        keys, values = self.pool.gather(layer, self.pool.slots(self.seq, 0, end))
+        return keys.transpose(0, 1)[None], values.transpose(0, 1)[None]  # (1, H, end, D)
 
     def free(self) -> None:
         self.pool.manager.free(self.seq)
@@ -279,20 +291,16 @@ class PagedBatch:
     def update(self, layer: int, start: int, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         manager, size = self.pool.manager, self.pool.manager.block_size
-        if layer == 0:  # reserve this step's slot of every row, once
+        if layer == 0:  # reserve this step's slot of every row, once, and index them all
             for seq in self.seqs:
                 manager.append_slot(seq)
-        longest = max(len(manager.tables[s]) for s in self.seqs)
-        tables = torch.tensor([manager.tables[s] + [0] * (longest - len(manager.tables[s]))
-                               for s in self.seqs], device=self.pool.keys.device)
-        rows = torch.arange(len(self.seqs), device=tables.device)
-        new = self.positions[:, 0]
-        blocks, offsets = tables[rows, new // size], new % size
-        self.pool.keys[layer, blocks, :, offsets] = k[:, :, 0]  # (B, H, D) at each row's slot
-        self.pool.values[layer, blocks, :, offsets] = v[:, :, 0]
-        where = torch.arange(self.mask.shape[-1], device=tables.device)
-        blocks = tables[:, where // size]  # (B, L); the padding reads block 0, masked
-        offsets = (where % size).expand_as(blocks)
-        keys = self.pool.keys[layer, blocks, :, offsets].permute(0, 2, 1, 3)  # (B, H, L, D)
-        values = self.pool.values[layer, blocks, :, offsets].permute(0, 2, 1, 3)
-        return keys, values
+            longest = max(len(manager.tables[s]) for s in self.seqs)
+            tables = torch.tensor([manager.tables[s] + [0] * (longest - len(manager.tables[s]))
+                                   for s in self.seqs], device=self.pool.keys.device)
+            where = torch.arange(self.mask.shape[-1], device=tables.device)
+            # every row's slots 0..L (the padding reads slot rows of block 0, masked)
+            self._slots = tables[:, where // size] * size + where % size  # (B, L)
+            self._new = self._slots.gather(1, self.positions)[:, 0]  # (B,)
+        self.pool.write(layer, self._new, k[:, :, 0], v[:, :, 0])  # (B, H, D)
+        keys, values = self.pool.gather(layer, self._slots)  # (B, L, H, D)
+        return keys.transpose(1, 2), values.transpose(1, 2)  # (B, H, L, D)

@@ -79,3 +79,20 @@ def test_cancel_frees_blocks_and_bad_requests_are_refused(model):
     engine.add("f", [1], 1)
     with pytest.raises(ValueError, match="already queued"):
         engine.add("f", [1], 1)
+
+
+def test_static_batches_end_together_and_continuous_rows_leave_when_done(model):
+    finished_at = {}
+    for static in (False, True):
+        engine = GenerationEngine(model, n_blocks=16, max_running=2, static=static)
+        engine.add("short", [1, 2, 3], 3)
+        engine.add("long", [4, 5, 6], 30)
+        step = 0
+        while engine.has_work:
+            step += 1
+            for request_id, _, done in engine.step():
+                if done:
+                    finished_at[static, request_id] = step
+        assert engine.manager.allocator.n_free == 16
+    assert finished_at[False, "short"] == 3 and finished_at[False, "long"] == 30
+    assert finished_at[True, "short"] == finished_at[True, "long"] == 30  # padded to the longest

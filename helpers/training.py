@@ -6,7 +6,8 @@
 
 Every model is trained on the course's synthetic data, on this machine, with a
 fixed seed: ``wafer-forest`` v1, ``wafer-mlp`` v1 and v2 (for A/B experiments),
-``wafer-cnn`` v1; ``note-embedder`` v1 is recorded from its installed package.
+``wafer-cnn`` v1, and ``tool-log-lm`` v1 (the small GPT of lesson 05, a few minutes on two
+cores); ``note-embedder`` v1 is recorded from its installed package.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from .repository import (
     save_torch_model,
 )
 
-__all__ = ["train_forest", "train_mlp", "train_wafer_models", "ensure_wafer_models", "main"]
+__all__ = ["train_forest", "train_mlp", "train_wafer_models", "ensure_wafer_models",
+           "ensure_tool_log_lm", "main"]
+
+WAFER_MODELS = ("note-embedder", "wafer-forest", "wafer-mlp", "wafer-cnn")
 
 
 def _evaluate(predict, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
@@ -77,7 +81,8 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
                        seed: int = 0, force: bool = False,
                        names: tuple[str, ...] | None = None,
                        progress: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """Train ``wafer-forest`` v1, ``wafer-mlp`` v1 and v2 and the ``wafer-cnn`` v1.
+    """Train ``wafer-forest`` v1, ``wafer-mlp`` v1 and v2, ``wafer-cnn`` v1 and
+    ``tool-log-lm`` v1.
 
     Existing versions are kept unless ``force``; ``names`` limits which models are
     trained (default: all). Returns ``{"name/version": folder}``.
@@ -99,6 +104,7 @@ def train_wafer_models(repository: str | Path | None = None, n_rows: int | None 
         ("wafer-mlp", 2): lambda: _save_mlp(root, 2, x_train, y_train, x_val, y_val, seed, info,
                                             hidden=128, epochs=12),
         ("wafer-cnn", 1): lambda: _save_cnn(root, seed),
+        ("tool-log-lm", 1): lambda: _save_tool_log_lm(root, seed, progress),
     }
     written = {}
     if names is None or "note-embedder" in names:
@@ -155,9 +161,26 @@ def _save_cnn(root, seed) -> Path:
                             {**info, "train_seconds": round(time.perf_counter() - start, 2)})
 
 
+def _save_tool_log_lm(root, seed, progress) -> Path:
+    from .gpt import parse_rate, sample_lines, train_tool_log_lm
+
+    def report(step: int, loss: float) -> None:
+        if progress:
+            progress(f"  tool-log-lm step {step}: loss {loss:.3f}")
+
+    model, info = train_tool_log_lm(seed=seed, progress=report)
+    info["parse_rate_t1"] = round(parse_rate(sample_lines(model, 16, seed=seed)), 3)
+    return save_torch_model(model, "tool-log-lm", 1, root, info)
+
+
 def ensure_wafer_models(repository: str | Path | None = None) -> dict[str, Path]:
-    """Train the wafer models only if they are missing (what a lesson calls first)."""
-    return train_wafer_models(repository)
+    """Train the wafer models only if they are missing (what lessons 01-04 call first)."""
+    return train_wafer_models(repository, names=WAFER_MODELS)
+
+
+def ensure_tool_log_lm(repository: str | Path | None = None) -> dict[str, Path]:
+    """Train the tool-log language model only if it is missing (lesson 05)."""
+    return train_wafer_models(repository, names=("tool-log-lm",))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,7 +119,13 @@ class ModelConfig:
 
 
 class LoadedModel:
-    """A model ready to serve: ``predict((B, ...) float32) -> (B, ...) float32``."""
+    """A model ready to serve: ``predict((B, ...) float32) -> (B, ...) float32``.
+
+    ``module`` is the torch module of a torch model (None otherwise): generation steps it
+    token by token, which one ``predict`` call does not cover.
+    """
+
+    module: Any = None
 
     def __init__(self, config: ModelConfig, predict: Callable[[np.ndarray], np.ndarray],
                  device: Any) -> None:
@@ -339,7 +345,9 @@ def _load_torch(context: LoadContext) -> LoadedModel:
             probs = module.probabilities(batch.to(device, non_blocking=True))
         return probs.float().cpu().numpy()
 
-    return LoadedModel(context.config, predict, device)
+    loaded = LoadedModel(context.config, predict, device)
+    loaded.module = module  # the torch module itself, for what predict does not cover
+    return loaded
 
 
 # -- scikit-learn: skops ------------------------------------------------------------------

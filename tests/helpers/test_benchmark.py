@@ -49,3 +49,18 @@ def test_in_process_scenario_prepares_rows_and_keeps_buckets_apart():
     for lengths in model.calls:  # tokenised by prepare, and never <=4 mixed with >4
         assert all(n <= 4 for n in lengths) or all(n > 4 for n in lengths), lengths
     assert any(len(lengths) > 1 for lengths in model.calls)
+
+
+def test_the_generation_benchmark_compares_like_with_like():
+    import bench_generation as gen
+    import torch
+
+    from helpers.gpt import ToolLogGPT, ToolLogTokenizer
+
+    torch.manual_seed(0)
+    model = ToolLogGPT(ToolLogTokenizer().vocab_size).eval()
+    cache = gen.kv_cache_speedup(model, new_tokens=30, batch=2)
+    assert cache["same_tokens"] and cache["speedup"] > 0
+    batching = gen.batching_comparison(model, n_requests=6, max_running=3)
+    assert batching["same_tokens"]
+    assert set(batching) >= {"static", "continuous", "throughput_ratio", "mean_latency_ratio"}

@@ -64,3 +64,5 @@ def test_the_generation_benchmark_compares_like_with_like():
     batching = gen.batching_comparison(model, n_requests=6, max_running=3)
     assert batching["same_tokens"]
     assert set(batching) >= {"static", "continuous", "throughput_ratio", "mean_latency_ratio"}
+    continuous = batching["continuous"]
+    assert 0 <= continuous["paged_waste"] < continuous["reserved_waste"] < 1

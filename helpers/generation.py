@@ -58,7 +58,6 @@ class GenerationEngine:
                  static: bool = False) -> None:
         c = model.config
         self.model, self.max_running, self.static = model, max_running, static
-        self.block_size, self.watermark_blocks = block_size, watermark_blocks
         weight = model.tokens.weight
         self.pool = PagedKVPool(c.n_layer, n_blocks, c.n_head, c.head_dim, block_size,
                                 dtype=weight.dtype, device=weight.device,
@@ -79,7 +78,7 @@ class GenerationEngine:
         if total > self.model.config.context:
             raise ValueError(f"{len(prompt)} prompt + {max_new_tokens} new tokens is over the "
                              f"context of {self.model.config.context}")
-        room = self.manager.allocator.n_blocks - self.watermark_blocks
+        room = self.manager.allocator.n_blocks - self.manager.watermark_blocks
         if self.manager.blocks_for(total) > room:
             raise ValueError(f"{total} tokens need {self.manager.blocks_for(total)} blocks; "
                              f"the pool can give one sequence {room}")
@@ -109,8 +108,8 @@ class GenerationEngine:
              for r in self.waiting],
             [SeqState(r.request_id, r.arrival, self.manager.lengths[r.request_id])
              for r in self.running.values()],
-            free_blocks=self.manager.allocator.n_free, block_size=self.block_size,
-            max_running=self.max_running, watermark_blocks=self.watermark_blocks,
+            free_blocks=self.manager.allocator.n_free, block_size=self.manager.block_size,
+            max_running=self.max_running, watermark_blocks=self.manager.watermark_blocks,
             static=self.static)
         for request_id in decision.preempt:  # recompute later; keep what was generated
             request = self.running.pop(request_id)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["KVCache", "bytes_per_token", "BLOCK_SIZE", "BlockAllocator", "BlockManager",
-           "NoFreeBlocksError", "DoubleFreeError", "PagedKVPool", "PagedSequence",
-           "PagedBatch"]
+__all__ = ["KVCache", "bytes_per_token", "BLOCK_SIZE", "blocks_for", "BlockAllocator",
+           "BlockManager", "NoFreeBlocksError", "DoubleFreeError", "PagedKVPool",
+           "PagedSequence", "PagedBatch"]
 
 
 def bytes_per_token(n_layer: int, n_head: int, head_dim: int,
@@ -75,6 +75,11 @@ class KVCache:
 # running one take one more token?). Pure bookkeeping: no tensors, so it is tested alone.
 
 BLOCK_SIZE = 16
+
+
+def blocks_for(n_tokens: int, block_size: int = BLOCK_SIZE) -> int:
+    """Blocks that hold ``n_tokens``: 16 tokens need 1 block, 17 need 2."""
+    return -(-n_tokens // block_size)
 
 
 class NoFreeBlocksError(RuntimeError):
@@ -146,7 +151,7 @@ class BlockManager:
         self.lengths: dict[object, int] = {}
 
     def blocks_for(self, n_tokens: int) -> int:
-        return -(-n_tokens // self.block_size)  # ceil: 16 tokens need 1 block, 17 need 2
+        return blocks_for(n_tokens, self.block_size)
 
     def can_allocate(self, n_tokens: int) -> bool:
         return self.allocator.n_free - self.blocks_for(n_tokens) >= self.watermark_blocks
@@ -211,11 +216,11 @@ class PagedKVPool:
     def sequence(self, seq: object) -> PagedSequence:
         return PagedSequence(self, seq)
 
-    def slots(self, seq: object, start: int, end: int) -> torch.Tensor:
-        """The slot rows of positions ``start..end`` of ``seq``, by its block table."""
+    def slots(self, seq: object, end: int) -> torch.Tensor:
+        """The slot rows of positions ``0..end`` of ``seq``, by its block table."""
         size = self.manager.block_size
         table = torch.tensor(self.manager.tables[seq], device=self.keys.device)
-        where = torch.arange(start, end, device=self.keys.device)
+        where = torch.arange(end, device=self.keys.device)
         return table[where // size] * size + where % size
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -252,7 +257,7 @@ class PagedSequence:
             raise ValueError(f"a paged sequence holds one sequence, got a batch of {k.shape[0]}")
         end = start + k.shape[2]
         manager = self.pool.manager
-        if layer == 0:  # the first layer of a step reserves the step's slots, once
+        if layer == 0:  # the first layer of a step reserves and indexes its slots, once
             if self.seq not in manager.tables:
                 manager.allocate(self.seq, end)
             else:
@@ -261,9 +266,10 @@ class PagedSequence:
                                      "tokens are cached: a paged sequence only grows")
                 for _ in range(end - start):
                     manager.append_slot(self.seq)
-        self.pool.write(layer, self.pool.slots(self.seq, start, end),
-                        k[0].transpose(0, 1), v[0].transpose(0, 1))  # (T, H, D)
-        keys, values = self.pool.gather(layer, self.pool.slots(self.seq, 0, end))
+            self._slots = self.pool.slots(self.seq, end)  # every position, the new ones last
+        self.pool.write(layer, self._slots[start:], k[0].transpose(0, 1),
+                        v[0].transpose(0, 1))  # (T, H, D)
+        keys, values = self.pool.gather(layer, self._slots)
         return keys.transpose(0, 1)[None], values.transpose(0, 1)[None]  # (1, H, end, D)
 
     def free(self) -> None:

@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .kv_cache import blocks_for
+
 __all__ = ["SeqState", "Decision", "schedule"]
 
 
@@ -57,10 +59,6 @@ class Decision:
         return not (self.run or self.admit)
 
 
-def _blocks(tokens: int, block_size: int) -> int:
-    return -(-tokens // block_size)
-
-
 def schedule(waiting: Sequence[SeqState], running: Sequence[SeqState], *, free_blocks: int,
              block_size: int, max_running: int, watermark_blocks: int = 0,
              static: bool = False) -> Decision:
@@ -71,7 +69,7 @@ def schedule(waiting: Sequence[SeqState], running: Sequence[SeqState], *, free_b
     while keep and sum(s.tokens % block_size == 0 for s in keep) > free_blocks:
         youngest = keep.pop()
         preempted.append(youngest)
-        free_blocks += _blocks(youngest.tokens, block_size)
+        free_blocks += blocks_for(youngest.tokens, block_size)
     free_blocks -= sum(s.tokens % block_size == 0 for s in keep)
 
     # 2. admit in queue order — not in a step that had to preempt: memory is short, and
@@ -80,7 +78,7 @@ def schedule(waiting: Sequence[SeqState], running: Sequence[SeqState], *, free_b
     if not preempted and not (static and keep):
         for candidate in waiting:
             # its prompt, and what it had generated if it was preempted
-            need = _blocks(candidate.tokens, block_size)
+            need = blocks_for(candidate.tokens, block_size)
             if len(keep) + len(admitted) >= max_running or \
                     free_blocks - need < watermark_blocks:
                 break

@@ -70,18 +70,26 @@ class GenerationEngine:
     def manager(self):
         return self.pool.manager
 
-    def add(self, request_id: object, prompt: Sequence[int], max_new_tokens: int) -> None:
-        """Queue a request; refuse one that could never fit the context or the pool."""
-        total = len(prompt) + max_new_tokens
-        if not prompt or max_new_tokens < 1:
+    def check(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Raise ``ValueError`` for a request that could never fit the context or the pool.
+
+        Reads only what never changes (the context, the pool's size), so a server may call it
+        from any thread before it queues the request.
+        """
+        total = prompt_tokens + max_new_tokens
+        if prompt_tokens < 1 or max_new_tokens < 1:
             raise ValueError("a request needs a prompt and at least one new token")
         if total > self.model.config.context:
-            raise ValueError(f"{len(prompt)} prompt + {max_new_tokens} new tokens is over the "
+            raise ValueError(f"{prompt_tokens} prompt + {max_new_tokens} new tokens is over the "
                              f"context of {self.model.config.context}")
         room = self.manager.allocator.n_blocks - self.manager.watermark_blocks
         if self.manager.blocks_for(total) > room:
             raise ValueError(f"{total} tokens need {self.manager.blocks_for(total)} blocks; "
                              f"the pool can give one sequence {room}")
+
+    def add(self, request_id: object, prompt: Sequence[int], max_new_tokens: int) -> None:
+        """Queue a request; refuse one that could never fit the context or the pool."""
+        self.check(len(prompt), max_new_tokens)
         if request_id in self.running or any(r.request_id == request_id for r in self.waiting):
             raise ValueError(f"request {request_id!r} is already queued or running")
         self.waiting.append(GenerationRequest(request_id, list(prompt), max_new_tokens,
@@ -90,8 +98,8 @@ class GenerationEngine:
 
     def cancel(self, request_id: object) -> None:
         """The client left: drop the request, and free its blocks if it holds any."""
-        if request_id in self.running:
-            del self.running[request_id]
+        self.running.pop(request_id, None)
+        if request_id in self.manager.tables:  # a step that failed may have left it none
             self.manager.free(request_id)
         self.waiting = [r for r in self.waiting if r.request_id != request_id]
 

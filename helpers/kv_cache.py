@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["KVCache", "bytes_per_token", "BLOCK_SIZE", "blocks_for", "BlockAllocator",
            "BlockManager", "NoFreeBlocksError", "DoubleFreeError", "PagedKVPool",
-           "PagedSequence", "PagedBatch"]
+           "PagedSequence", "PagedBatch", "blocks_for_memory"]
 
 
 def bytes_per_token(n_layer: int, n_head: int, head_dim: int,
@@ -80,6 +80,25 @@ BLOCK_SIZE = 16
 def blocks_for(n_tokens: int, block_size: int = BLOCK_SIZE) -> int:
     """Blocks that hold ``n_tokens``: 16 tokens need 1 block, 17 need 2."""
     return -(-n_tokens // block_size)
+
+
+def blocks_for_memory(free_bytes: int, bytes_per_block: int, fraction: float,
+                      most_useful: int) -> int:
+    """How many blocks a pool takes: ``fraction`` of the device's free memory, as vLLM sizes
+    its pool (``gpu_memory_utilization``), but no more than ``most_useful`` — blocks past
+    what the running sequences can ever fill are memory taken from everyone else.
+
+    >>> blocks_for_memory(free_bytes=8 << 30, bytes_per_block=65536, fraction=0.5,
+    ...                   most_useful=129)
+    129
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    fits = int(free_bytes * fraction) // bytes_per_block
+    if fits < 1:
+        raise ValueError(f"{free_bytes} free bytes x {fraction} hold no block of "
+                         f"{bytes_per_block} bytes")
+    return min(fits, most_useful)
 
 
 class NoFreeBlocksError(RuntimeError):

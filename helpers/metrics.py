@@ -280,6 +280,15 @@ class ServingMetrics:
             labels, buckets=self.LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("inference_batch_size", "Rows per model call", labels,
                                     buckets=self.BATCH_BUCKETS, registry=self.registry)
+        # generation (the generate endpoints): tokens/s is rate(generation_tokens_total)
+        self.time_to_first_token = Histogram(
+            "generation_time_to_first_token_seconds", "Time from a generate request's arrival "
+            "to its first token", labels, buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        self.inter_token_latency = Histogram(
+            "generation_inter_token_latency_seconds", "Time between two tokens of one "
+            "generation", labels, buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        self.generated_tokens = Counter("generation_tokens", "Tokens generated", labels,
+                                        registry=self.registry)
 
     def add_collector(self, collect) -> None:
         """Register ``collect() -> iterable of metric families``, called at every scrape."""

@@ -1,6 +1,7 @@
 """The course's model server: FastAPI over the model repository, speaking the Open
 Inference Protocol (KServe v2 REST, as Triton serves it), with dynamic batching, an
-optional prediction cache, A/B version splits, async jobs and Prometheus metrics.
+optional prediction cache, A/B version splits, async jobs, token generation with
+continuous batching over a paged KV cache, and Prometheus metrics.
 
     python -m helpers.server            # serves data/models on 127.0.0.1:8000
     python -m helpers.server --help     # every setting; each has a SERVE_* variable too
@@ -20,6 +21,7 @@ bounded queue, a default deadline, a body-size limit, a bounded shutdown.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import threading
@@ -36,6 +38,7 @@ from fastapi import FastAPI
 from . import __version__
 from .batching import BatchPolicy
 from .device import default_workers, threads_per_worker
+from .generation_service import GenerationServices
 from .http_guards import BodySizeLimit, FrontDoor, install_error_handlers
 from .inference import InferenceEngine
 from .jobs import JobManager
@@ -79,6 +82,11 @@ class ServerSettings:
     #                                 (under Kubernetes' default 30 s before SIGKILL)
     trusted_types: tuple[str, ...] = ()  # extra Python types skops model files may hold
     device: str | None = None       # None: helpers.device.pick_device()
+    # generation (POST .../generate and generate_stream)
+    max_new_tokens: int = 128       # the most tokens one generate request may ask for
+    max_running_sequences: int = 8  # sequences decoding together, one token each per step
+    max_waiting_sequences: int = 64  # generate requests not yet started; more get 503
+    kv_blocks: int = 0              # KV cache blocks of 16 tokens; 0: sized by the device
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ServerSettings:
@@ -116,7 +124,8 @@ class ServerSettings:
 
 _INT_SETTINGS = {"max_batch_size", "max_queue", "max_in_flight", "workers", "torch_threads",
                  "max_body_bytes", "max_job_body_bytes", "max_records", "cache_entries",
-                 "max_jobs", "max_job_result_bytes"}
+                 "max_jobs", "max_job_result_bytes", "max_new_tokens",
+                 "max_running_sequences", "max_waiting_sequences", "kv_blocks"}
 
 
 def _parse_setting(name: str, raw: str) -> Any:
@@ -175,6 +184,9 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         default_timeout_s=settings.timeout_ms / 1000,
         jobs=JobManager(settings.max_jobs, settings.max_job_result_bytes),
         shutdown_grace_s=settings.shutdown_grace_s, cache_key=cache_key)
+    generation = GenerationServices(
+        max_running=settings.max_running_sequences, max_waiting=settings.max_waiting_sequences,
+        max_new_tokens=settings.max_new_tokens, kv_blocks=settings.kv_blocks, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -189,15 +201,16 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
             log.error("%s v%s is not served: %s", failed.name, failed.version, failed.reason)
         yield
         # uvicorn has stopped accepting; finish what was admitted, within the grace period.
-        await engine.close()
+        await asyncio.gather(engine.close(), generation.close(settings.shutdown_grace_s))
 
     app = FastAPI(title="Real-Time ML Serving", version=__version__, lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.settings = engine, metrics, settings
+    app.state.generation = generation
     app.state.validate = validate
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
                        limits={"/jobs": settings.max_job_body_bytes})
     app.add_middleware(FrontDoor, max_in_flight=settings.max_in_flight, metrics=metrics)
-    metrics.add_collector(lambda: live_values(registry, cache))
+    metrics.add_collector(lambda: live_values(registry, cache, generation))
     install_error_handlers(app)
     for routes in ROUTERS:
         app.include_router(routes)
@@ -241,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def handle_exit(self, sig, frame) -> None:
             app.state.engine.begin_shutdown_threadsafe()
+            app.state.generation.begin_shutdown()  # flags only: safe from a signal handler
             log.info("signal %s at %.3f: draining for at most %g s", sig, time.time(),
                      settings.shutdown_grace_s)
             super().handle_exit(sig, frame)

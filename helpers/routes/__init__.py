@@ -3,6 +3,7 @@
 | router             | endpoints                                                        |
 |--------------------|------------------------------------------------------------------|
 | ``v2``             | ``POST /v2/models/{m}[/versions/{v}]/infer``, model metadata, ready |
+| ``generate``       | ``POST /v2/models/{m}[/versions/{v}]/generate[_stream]`` (SSE)   |
 | ``health``         | ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``           |
 | ``model_repository`` | ``POST /v2/repository/index``, ``.../models/{m}/load|unload``  |
 | ``plain``          | ``POST /predict``, ``/predict/batch``, ``/predict/stream``       |
@@ -13,9 +14,9 @@ Routes parse and answer; the engine (``helpers.inference``) decides. The v2 rout
 included first: routes are tried in order, and inference is the hot path.
 """
 
-from . import health, jobs, metrics, model_repository, plain, v2
+from . import generate, health, jobs, metrics, model_repository, plain, v2
 
-ROUTERS = [v2.router, health.router, model_repository.router, plain.router, jobs.router,
-           metrics.router]
+ROUTERS = [v2.router, generate.router, health.router, model_repository.router, plain.router,
+           jobs.router, metrics.router]
 
-__all__ = ["ROUTERS", "v2", "health", "model_repository", "plain", "jobs", "metrics"]
+__all__ = ["ROUTERS", "v2", "generate", "health", "model_repository", "plain", "jobs", "metrics"]

@@ -14,7 +14,8 @@ router = APIRouter(tags=["health"])
 @router.get("/v2")
 async def server_metadata():
     return {"name": "realtime-ml-serving", "version": __version__,
-            "extensions": ["binary_tensor_data", "model_repository", "jobs", "predict"]}
+            "extensions": ["binary_tensor_data", "model_repository", "generate", "jobs",
+                           "predict"]}
 
 
 @router.get("/v2/health/live")

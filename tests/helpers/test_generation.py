@@ -96,3 +96,18 @@ def test_static_batches_end_together_and_continuous_rows_leave_when_done(model):
         assert engine.manager.allocator.n_free == 16
     assert finished_at[False, "short"] == 3 and finished_at[False, "long"] == 30
     assert finished_at[True, "short"] == finished_at[True, "long"] == 30  # padded to the longest
+
+
+@pytest.mark.cuda
+def test_the_engine_runs_on_a_gpu_and_matches_generating_alone(model, workload):
+    import copy
+
+    on_gpu = copy.deepcopy(model).to("cuda")
+    engine = GenerationEngine(on_gpu, n_blocks=64, max_running=4)
+    for request_id, prompt, new, _ in workload:
+        engine.add(request_id, prompt, new)
+    out = engine.run_until_done()
+    for request_id, prompt, new, _ in workload:
+        alone = generate(on_gpu, [prompt], new)[0, len(prompt):].tolist()
+        assert out[request_id] == alone
+    assert engine.pool.keys.device.type == "cuda" and engine.manager.used_blocks == 0

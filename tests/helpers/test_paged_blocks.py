@@ -1,8 +1,18 @@
 """Paged KV blocks: the allocator's free list and reference counts, the manager's tables."""
 
-import pytest
+import copy
 
-from helpers.kv_cache import BlockAllocator, BlockManager, DoubleFreeError, NoFreeBlocksError
+import pytest
+import torch
+
+from helpers.gpt import ToolLogGPT, ToolLogTokenizer
+from helpers.kv_cache import (
+    BlockAllocator,
+    BlockManager,
+    DoubleFreeError,
+    NoFreeBlocksError,
+    bytes_per_token,
+)
 
 
 def test_blocks_come_back_when_their_last_holder_frees_them():
@@ -104,3 +114,36 @@ def test_a_paged_sequence_generates_what_the_contiguous_cache_does():
             seq = pool.sequence("again")
             model(prompt[:, :4], seq)
             model(prompt[:, :1], seq, start=2)
+
+
+def test_a_pool_takes_a_share_of_free_memory_but_no_more_than_it_can_use():
+    from helpers.kv_cache import blocks_for_memory
+
+    assert blocks_for_memory(1 << 20, 65536, 0.5, most_useful=1000) == 8  # memory decides
+    assert blocks_for_memory(8 << 30, 65536, 0.9, most_useful=129) == 129  # use decides
+    with pytest.raises(ValueError, match="hold no block"):
+        blocks_for_memory(1000, 65536, 0.9, most_useful=129)
+    with pytest.raises(ValueError, match="fraction"):
+        blocks_for_memory(1 << 30, 65536, 1.5, most_useful=129)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ToolLogGPT(ToolLogTokenizer().vocab_size).eval()
+
+
+def test_a_server_pool_holds_its_running_sequences_at_full_context(model):
+    from helpers.generation_service import pool_blocks
+
+    assert pool_blocks(model, max_running=8) == 8 * 16 + 1  # context 256: 16 blocks each
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_the_pool_is_sized_from_free_memory(model):
+    from helpers.generation_service import pool_blocks
+
+    on_gpu = copy.deepcopy(model).to("cuda")
+    free, _ = torch.cuda.mem_get_info()
+    per_block = 16 * bytes_per_token(4, 4, 32)
+    assert pool_blocks(on_gpu, max_running=8) == min(8 * 16 + 1, int(free * 0.5) // per_block)
+    assert pool_blocks(on_gpu, max_running=10**6) <= int(free * 0.5) // per_block

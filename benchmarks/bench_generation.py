@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from helpers import models, training  # noqa: E402
-from helpers.generation import GenerationEngine  # noqa: E402
+from helpers.generation import GenerationEngine, drive  # noqa: E402
 from helpers.gpt import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,28 +56,13 @@ def batching_comparison(model, n_requests: int = 64, max_running: int = 8, seed:
     for mode in ("static", "continuous"):
         engine = GenerationEngine(model, n_blocks=n_requests * 16, max_running=max_running,
                                   static=mode == "static")
-        for request in requests:
-            engine.add(*request)
-        queued = list(engine.waiting)
-        made, finished = 0, {}
-        held = paged = reserved = 0  # token slots, summed over steps
-        start = time.perf_counter()
-        while engine.has_work:
-            for request_id, token, done in engine.step():
-                made += token is not None
-                if done:
-                    finished[request_id] = time.perf_counter() - start
-            manager = engine.manager
-            held += sum(manager.lengths.values())
-            paged += manager.used_blocks * manager.block_size
-            reserved += len(engine.running) * model.config.context  # a max-length reservation
-        wall = time.perf_counter() - start
-        latency = np.array(list(finished.values()))
-        results[mode] = {"tokens_per_s": made / wall, "mean_latency_s": float(latency.mean()),
-                         "p99_latency_s": float(np.percentile(latency, 99)),
-                         "paged_waste": 1 - held / paged if paged else 0.0,
-                         "reserved_waste": 1 - held / reserved if reserved else 0.0}
-        outputs[mode] = {r.request_id: r.generated for r in queued}
+        run = drive(engine, requests)
+        summary = run.summary()
+        results[mode] = {"tokens_per_s": summary["tokens/s"],
+                         "mean_latency_s": summary["mean latency s"],
+                         "p99_latency_s": summary["p99 latency s"],
+                         "paged_waste": run.paged_waste, "reserved_waste": run.reserved_waste}
+        outputs[mode] = run.outputs
     return {**results, "requests": n_requests, "max_running": max_running,
             "throughput_ratio": results["continuous"]["tokens_per_s"]
             / results["static"]["tokens_per_s"],

@@ -24,16 +24,18 @@ single-threaded: a server runs its steps off the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .gpt import ToolLogGPT
-from .kv_cache import BLOCK_SIZE, PagedBatch, PagedKVPool
-from .scheduling import SeqState, schedule
+from .kv_cache import BLOCK_SIZE, BlockManager, PagedBatch, PagedKVPool
+from .scheduling import Decision, SeqState, schedule
 
-__all__ = ["GenerationRequest", "GenerationEngine"]
+__all__ = ["GenerationRequest", "GenerationEngine", "EngineRun", "drive"]
 
 
 @dataclass
@@ -55,13 +57,18 @@ class GenerationEngine:
 
     def __init__(self, model: ToolLogGPT, *, n_blocks: int, max_running: int = 8,
                  block_size: int = BLOCK_SIZE, watermark_blocks: int = 1,
-                 static: bool = False) -> None:
+                 static: bool = False, manager: BlockManager | None = None,
+                 scheduler: Callable[..., Decision] = schedule) -> None:
+        """``manager`` and ``scheduler`` are plug-in points (lesson 05 plugs in yours): a
+        block manager with ``BlockManager``'s methods over ``n_blocks`` blocks, and a
+        function with ``schedule``'s arguments."""
         c = model.config
         self.model, self.max_running, self.static = model, max_running, static
+        self.scheduler = scheduler
         weight = model.tokens.weight
         self.pool = PagedKVPool(c.n_layer, n_blocks, c.n_head, c.head_dim, block_size,
                                 dtype=weight.dtype, device=weight.device,
-                                watermark_blocks=watermark_blocks)
+                                watermark_blocks=watermark_blocks, manager=manager)
         self.waiting: list[GenerationRequest] = []
         self.running: dict[object, GenerationRequest] = {}
         self._arrivals = 0
@@ -111,14 +118,14 @@ class GenerationEngine:
     def step(self) -> list[tuple[object, int | None, bool]]:
         """One iteration: ``(request_id, new token, finished)`` for each token made; in static
         mode a batch's end adds ``(request_id, None, True)`` for each of its rows."""
-        decision = schedule(
+        decision = self.scheduler(
             [SeqState(r.request_id, r.arrival, len(r.prompt) + len(r.generated))
              for r in self.waiting],
             [SeqState(r.request_id, r.arrival, self.manager.lengths[r.request_id])
              for r in self.running.values()],
             free_blocks=self.manager.allocator.n_free, block_size=self.manager.block_size,
             max_running=self.max_running, watermark_blocks=self.manager.watermark_blocks,
-            static=self.static)
+            **({"static": True} if self.static else {}))
         for request_id in decision.preempt:  # recompute later; keep what was generated
             request = self.running.pop(request_id)
             self.manager.free(request_id)
@@ -170,3 +177,72 @@ class GenerationEngine:
                 if done:
                     finished[request_id] = requests[request_id].generated
         return finished
+
+
+# -- measuring a workload ---------------------------------------------------------------------
+@dataclass
+class EngineRun:
+    """What one run of an engine over a workload measured (every request arrived at 0).
+
+    Times in seconds from the start; steps count engine iterations, which do not depend on
+    the machine. KV waste is over every step: the share of token slots held that hold no
+    token, for paged blocks and for a reservation of the whole context per sequence.
+    """
+
+    outputs: dict[object, list[int]]
+    first_token_s: dict[object, float]
+    finished_s: dict[object, float]
+    finished_step: dict[object, int]
+    steps: int
+    seconds: float
+    paged_waste: float
+    reserved_waste: float
+    preemptions: int
+    leaked_blocks: int
+
+    @property
+    def tokens(self) -> int:
+        return sum(map(len, self.outputs.values()))
+
+    def summary(self) -> dict[str, float]:
+        latency = np.array(list(self.finished_s.values()))
+        first = np.array(list(self.first_token_s.values()))
+        return {"tokens/s": self.tokens / self.seconds, "tokens/step": self.tokens / self.steps,
+                "mean latency s": float(latency.mean()),
+                "p99 latency s": float(np.percentile(latency, 99)),
+                "mean first token s": float(first.mean()),
+                "mean latency steps": float(np.mean(list(self.finished_step.values()))),
+                "steps": self.steps, "paged waste": self.paged_waste,
+                "reserved waste": self.reserved_waste, "preemptions": self.preemptions}
+
+
+def drive(engine: GenerationEngine,
+          requests: Sequence[tuple[object, Sequence[int], int]]) -> EngineRun:
+    """Add every ``(id, prompt, max_new_tokens)`` at once, step until all are done, measure."""
+    for request_id, prompt, max_new_tokens in requests:
+        engine.add(request_id, prompt, max_new_tokens)
+    queued = {r.request_id: r for r in engine.waiting}
+    first, finished, finished_step = {}, {}, {}
+    held = paged = reserved = steps = 0  # token slots, summed over steps
+    manager, context = engine.manager, engine.model.config.context
+    start = time.perf_counter()
+    while engine.has_work:
+        events = engine.step()
+        steps += 1
+        now = time.perf_counter() - start
+        for request_id, token, done in events:
+            if token is not None:
+                first.setdefault(request_id, now)
+            if done:
+                finished[request_id], finished_step[request_id] = now, steps
+        held += sum(manager.lengths.values())
+        paged += manager.used_blocks * manager.block_size
+        reserved += len(engine.running) * context
+    seconds = time.perf_counter() - start
+    return EngineRun(
+        outputs={i: r.generated for i, r in queued.items()}, first_token_s=first,
+        finished_s=finished, finished_step=finished_step, steps=steps, seconds=seconds,
+        paged_waste=1 - held / paged if paged else 0.0,
+        reserved_waste=1 - held / reserved if reserved else 0.0,
+        preemptions=sum(r.preemptions for r in queued.values()),
+        leaked_blocks=manager.used_blocks)

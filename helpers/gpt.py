@@ -21,7 +21,8 @@ already rotated, as vLLM's does.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,7 +34,8 @@ from .kv_cache import KVCache
 from .repository import TensorSpec, register_architecture
 from .toollogs import ALARMS, KITS
 
-__all__ = ["BOS", "ToolLogTokenizer", "GPTConfig", "ToolLogGPT", "generate"]
+__all__ = ["BOS", "ToolLogTokenizer", "GPTConfig", "ToolLogGPT", "attend", "use_attention",
+           "generate"]
 
 BOS = "<bos>"
 
@@ -105,9 +107,45 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache | None,
+           layer: int, start: int) -> torch.Tensor:
+    """Causal attention of new tokens over everything before them; ``(B, H, T, D)`` out.
+
+    ``q``, ``k``, ``v``: ``(B, H, T, D)``, the ``T`` new tokens at positions
+    ``start..start+T``, already rotated for those positions. With a cache, the new keys and
+    values are written first, then attended over with everything cached before them.
+    """
+    if cache is not None:  # write the new K/V first, then attend over all of them
+        k, v = cache.update(layer, start, k, v)
+    steps, seen = q.shape[2], k.shape[2]
+    if steps == seen:  # no cache, or a prefill from position 0: the square mask
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if steps == 1:  # one new token sees everything before it, and itself
+        return F.scaled_dot_product_attention(q, k, v)
+    # a chunk of new tokens after cached ones: query i sees keys 0..start+i (is_causal
+    # would align the mask top-left, as if the chunk started at position 0)
+    mask = torch.ones(steps, seen, dtype=torch.bool, device=q.device).tril(start)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@contextmanager
+def use_attention(model: ToolLogGPT, attention) -> Iterator[ToolLogGPT]:
+    """Run ``model`` with another attention function (``attend``'s signature) in every
+    layer, e.g. yours; the model's own comes back on the way out."""
+    layers = [block.attn for block in model.blocks]
+    for layer in layers:
+        layer.attend = attention
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.attend = attend
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        self.attend = attend  # the attention over new and cached keys (use_attention swaps it)
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.out = nn.Linear(config.d_model, config.d_model)
@@ -129,18 +167,11 @@ class CausalSelfAttention(nn.Module):
         else:
             cos, sin = self.cos[rows_at][:, None], self.sin[rows_at][:, None]  # (B, 1, T, D/2)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        if cache is not None:  # write the new K/V first, then attend over all of them
+        if mask is not None:  # a paged decode step: each row over its own blocks
             k, v = cache.update(layer, start, k, v)
-        seen = k.shape[2]
-        if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif steps == seen:  # no cache, or a prefill from position 0: the square mask
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif steps == 1:  # one new token sees everything before it, and itself
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # a chunk of new tokens after cached ones: query i sees keys 0..start+i
-            mask = torch.ones(steps, seen, dtype=torch.bool, device=x.device).tril(start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = self.attend(q, k, v, cache, layer, start)
         return self.out(y.transpose(1, 2).reshape(batch, steps, channels))
 
 

@@ -201,6 +201,9 @@ class BlockManager:
 
     def free(self, seq: object) -> None:
         """Give back every block of ``seq`` (finished, preempted, or its client left)."""
+        if seq not in self.tables:
+            raise DoubleFreeError(f"sequence {seq!r} holds no blocks: freed twice, or never "
+                                  "allocated")
         for block in self.tables.pop(seq):
             self.allocator.free(block)
         del self.lengths[seq]
@@ -226,11 +229,13 @@ class PagedKVPool:
 
     def __init__(self, n_layer: int, n_blocks: int, n_head: int, head_dim: int,
                  block_size: int = BLOCK_SIZE, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", watermark_blocks: int = 0) -> None:
+                 device: torch.device | str = "cpu", watermark_blocks: int = 0,
+                 manager: BlockManager | None = None) -> None:
+        """``manager``: any object with ``BlockManager``'s methods (yours, in lesson 05)."""
         shape = (n_layer, n_blocks * block_size, n_head, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.manager = BlockManager(n_blocks, block_size, watermark_blocks)
+        self.manager = manager or BlockManager(n_blocks, block_size, watermark_blocks)
 
     def sequence(self, seq: object) -> PagedSequence:
         return PagedSequence(self, seq)

@@ -111,3 +111,27 @@ def test_the_engine_runs_on_a_gpu_and_matches_generating_alone(model, workload):
         alone = generate(on_gpu, [prompt], new)[0, len(prompt):].tolist()
         assert out[request_id] == alone
     assert engine.pool.keys.device.type == "cuda" and engine.manager.used_blocks == 0
+
+
+def test_drive_measures_a_workload_and_the_plug_in_points_are_used(model, workload):
+    from helpers.generation import drive
+    from helpers.kv_cache import BlockManager
+    from helpers.scheduling import schedule
+
+    calls, manager = [], BlockManager(12, watermark_blocks=1)
+
+    def counting_schedule(*args, **kwargs):
+        calls.append(kwargs["max_running"])
+        return schedule(*args, **kwargs)
+
+    engine = GenerationEngine(model, n_blocks=12, max_running=8, manager=manager,
+                              scheduler=counting_schedule)
+    run = drive(engine, [(i, p, n) for i, p, n, _ in workload])
+    assert engine.manager is manager and len(calls) == run.steps and set(calls) == {8}
+    assert run.outputs == {i: alone for i, _, _, alone in workload}
+    assert run.preemptions > 0 and run.leaked_blocks == 0  # 12 blocks are under the peak
+    assert run.tokens == sum(n for _, _, n, _ in workload)
+    assert set(run.finished_step) == set(run.first_token_s) == set(run.outputs)
+    assert 0 <= run.paged_waste < run.reserved_waste < 1
+    summary = run.summary()
+    assert summary["steps"] == run.steps and summary["tokens/step"] == run.tokens / run.steps

@@ -126,6 +126,13 @@ class GenerationEngine:
             free_blocks=self.manager.allocator.n_free, block_size=self.manager.block_size,
             max_running=self.max_running, watermark_blocks=self.manager.watermark_blocks,
             **({"static": True} if self.static else {}))
+        if decision.idle and not decision.preempt:
+            # Nothing runs, nothing joins, nothing was freed: the next step would see the
+            # same state and decide the same, for ever. A policy or a block manager is wrong.
+            raise RuntimeError(
+                f"the engine is stuck: {len(self.waiting)} waiting, {len(self.running)} "
+                f"running, {self.manager.allocator.n_free} free blocks, and the scheduler "
+                "ran, admitted and preempted nobody")
         for request_id in decision.preempt:  # recompute later; keep what was generated
             request = self.running.pop(request_id)
             self.manager.free(request_id)

@@ -240,7 +240,9 @@ class GenerationService:
         except Exception as exc:  # the model failed this step: only its sequences fail
             failure = ModelFailedError(f"{self.name} v{self.version} failed while generating: "
                                        f"{type(exc).__name__}: {exc}")
-            for request_id in list(self.engine.running):
+            # the sequences of the step; if none ran, the waiting ones (the engine is stuck)
+            failed = list(self.engine.running) or [r.request_id for r in self.engine.waiting]
+            for request_id in failed:
                 self.engine.cancel(request_id)
                 self._to_loop(request_id, "error", failure)
             events = []

@@ -135,3 +135,18 @@ def test_drive_measures_a_workload_and_the_plug_in_points_are_used(model, worklo
     assert 0 <= run.paged_waste < run.reserved_waste < 1
     summary = run.summary()
     assert summary["steps"] == run.steps and summary["tokens/step"] == run.tokens / run.steps
+
+
+def test_an_engine_that_can_make_no_progress_says_so_instead_of_spinning(model):
+    from helpers.kv_cache import BlockManager
+
+    class LeakyManager(BlockManager):
+        def free(self, seq):  # forgets to give the blocks back
+            self.tables.pop(seq)
+            self.lengths.pop(seq)
+
+    engine = GenerationEngine(model, n_blocks=4, max_running=2, manager=LeakyManager(4))
+    engine.add("a", [1] * 40, 20)  # 4 blocks at its end
+    engine.add("b", [1] * 10, 5)
+    with pytest.raises(RuntimeError, match="stuck"):
+        engine.run_until_done()

@@ -251,3 +251,16 @@ def test_the_waiting_line_is_bounded_and_a_spent_grace_fails_what_is_left(model)
     first, service = asyncio.run(scenario())
     assert isinstance(first, int)
     assert service.engine.manager.used_blocks == 0 and not service.engine.has_work
+
+
+def test_docs_show_the_generate_endpoints_and_their_example_is_accepted(server):
+    doc = server.get("/openapi.json").json()
+    for path in ("/v2/models/{name}/generate", "/v2/models/{name}/generate_stream",
+                 "/v2/models/{name}/versions/{version}/generate"):
+        assert "post" in doc["paths"][path], path
+    schema = doc["components"]["schemas"]["GenerateRequest"]
+    assert {"text_input", "parameters"} <= set(schema["properties"])
+    example = schema["examples"][0]
+    response = server.post("/v2/models/tool-log-lm/generate", json=example)
+    assert response.status_code == 200 and response.json()["output_tokens"] == \
+        example["parameters"]["max_tokens"]

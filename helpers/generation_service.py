@@ -11,8 +11,9 @@ async stream of tokens.
 - **Admission** before anything is queued: the prompt and the token budget must fit the
   context and the pool (400), and the line of requests not yet started is bounded
   (503 with ``Retry-After`` past it), like the batcher's queue.
-- **Deadlines**: a request still unanswered when its deadline passes gets a 504 and gives
-  back its blocks.
+- **Deadlines** bound the wait for the **first token** (the queue and the prefill): a
+  request not started by then gets a 504 and gives back its blocks. Once it streams, the
+  answer runs to its ``max_new_tokens``, which bounds it; a client that wants less leaves.
 - **Cancellation**: a client that leaves closes its token stream; the request is dropped
   from the engine and its blocks return to the pool at once, not when it would have ended.
 - **Failure**: a model call that raises fails the sequences of that step (500) and frees
@@ -131,8 +132,9 @@ class GenerationService:
 
     async def stream(self, prompt: list[int], max_new_tokens: int,
                      timeout_s: float) -> AsyncIterator[int]:
-        """The request's tokens as they are made. Closing the iterator early (the client
-        left) cancels the request and frees its blocks; use ``contextlib.aclosing``."""
+        """The request's tokens as they are made; ``timeout_s`` bounds the wait for the first.
+        Closing the iterator early (the client left) cancels the request and frees its
+        blocks; use ``contextlib.aclosing``."""
         self.admit(prompt, max_new_tokens)
         loop = self._loop = asyncio.get_running_loop()
         request_id, queue = next(self._ids), asyncio.Queue()
@@ -145,12 +147,16 @@ class GenerationService:
         labels = {"model": self.name, "version": self.version}
         try:
             while not finished:
-                try:
-                    kind, value = await asyncio.wait_for(queue.get(), deadline - loop.time())
-                except TimeoutError:
-                    raise DeadlineExceededError(
-                        f"deadline of {timeout_s:.3f} s passed after {made} of "
-                        f"{max_new_tokens} tokens") from None
+                if made:  # streaming: max_new_tokens bounds the rest
+                    kind, value = await queue.get()
+                else:
+                    try:
+                        kind, value = await asyncio.wait_for(queue.get(),
+                                                             deadline - loop.time())
+                    except asyncio.TimeoutError:  # TimeoutError's alias from Python 3.11
+                        raise DeadlineExceededError(
+                            f"deadline of {timeout_s:.3f} s passed before the first token "
+                            "(queued behind other generations)") from None
                 if kind == "error":
                     raise value
                 token, finished = value
@@ -256,14 +262,28 @@ class GenerationService:
                                      manager.used_blocks, manager.allocator.n_blocks)
 
     def _fail_all(self, error: Exception) -> None:
+        """Every request the thread knows of, in the engine or still in the inbox, gets
+        ``error``; the engine gives back every block."""
+        with self._condition:
+            commands, self._inbox = self._inbox, []
+        queued = [command[1] for command in commands if command[0] == "add"]
         for request_id in [*self.engine.running, *(r.request_id for r in self.engine.waiting)]:
             self.engine.cancel(request_id)
             self._to_loop(request_id, "error", error)
+        for request_id in queued:
+            self._to_loop(request_id, "error", error)
         self._record_stats()
 
+    @property
+    def alive(self) -> bool:
+        """The engine thread runs (a service whose thread died is replaced on next use)."""
+        return self._thread.is_alive()
+
     def _to_loop(self, request_id: int, kind: str, value: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        try:
             self._loop.call_soon_threadsafe(self._deliver, request_id, kind, value)
+        except (AttributeError, RuntimeError):  # no loop yet, or it closed: nobody waits
+            pass
 
 
 class GenerationServices:
@@ -272,8 +292,8 @@ class GenerationServices:
 
     def __init__(self, *, max_running: int = 8, max_waiting: int = 64,
                  max_new_tokens: int = 128, kv_blocks: int = 0,
-                 metrics: ServingMetrics | None = None) -> None:
-        self.max_running, self.max_waiting = max_running, max_waiting
+                 metrics: ServingMetrics | None = None, grace_s: float = 25.0) -> None:
+        self.max_running, self.max_waiting, self.grace_s = max_running, max_waiting, grace_s
         self.max_new_tokens, self.kv_blocks, self.metrics = max_new_tokens, kv_blocks, metrics
         self._services: dict[tuple[str, str], tuple[Any, GenerationService]] = {}
         self._retired: list[GenerationService] = []  # of versions since reloaded
@@ -287,8 +307,8 @@ class GenerationServices:
                                 "language model such as tool-log-lm; use /infer")
         key = (served.name, served.version)
         held = self._services.get(key)
-        if held is not None and held[0] is served:
-            return held[1]
+        if held is not None and held[0] is served and (held[1].alive or self.closing):
+            return held[1]  # (shutting down, a stopped service answers 503 by itself)
         service = GenerationService(
             served.name, served.version, module,
             n_blocks=self.kv_blocks or pool_blocks(module, self.max_running),
@@ -296,14 +316,22 @@ class GenerationServices:
             max_new_tokens=self.max_new_tokens, metrics=self.metrics)
         if self.closing:
             service.begin_shutdown()
-        if held is not None:  # the version was reloaded: the old service takes no more
-            held[1].begin_shutdown()
-            self._retired.append(held[1])
+        if held is not None:  # reloaded, or its thread died: the old one finishes and stops
+            self._retire(held[1])
         self._services[key] = (served, service)
         return service
 
+    def _retire(self, service: GenerationService) -> None:
+        self._retired.append(service)
+        closing = asyncio.get_running_loop().create_task(service.close(self.grace_s))
+        closing.add_done_callback(lambda _: self._retired.remove(service))
+
+    def current(self) -> list[GenerationService]:
+        """The services of the versions being served (one per version: ``/metrics``)."""
+        return [service for _, service in self._services.values()]
+
     def all(self) -> list[GenerationService]:
-        return [service for _, service in self._services.values()] + self._retired
+        return self.current() + self._retired
 
     def begin_shutdown(self) -> None:
         self.closing = True

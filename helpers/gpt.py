@@ -245,7 +245,8 @@ def generate(model: ToolLogGPT, prompts: torch.Tensor | Sequence[Sequence[int]],
     ``use_cache=False`` every step runs the whole text again — the baseline the cache beats.
     """
     device = model.tokens.weight.device
-    ids = torch.as_tensor(np.asarray(prompts), dtype=torch.long, device=device)
+    ids = prompts.to(device, torch.long) if isinstance(prompts, torch.Tensor) else \
+        torch.as_tensor(np.asarray(prompts), dtype=torch.long, device=device)
     if ids.ndim != 2 or ids.shape[1] == 0:
         raise ValueError(f"prompts must be (batch, length >= 1), got {tuple(ids.shape)}")
     total = ids.shape[1] + max_new_tokens

@@ -186,7 +186,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         shutdown_grace_s=settings.shutdown_grace_s, cache_key=cache_key)
     generation = GenerationServices(
         max_running=settings.max_running_sequences, max_waiting=settings.max_waiting_sequences,
-        max_new_tokens=settings.max_new_tokens, kv_blocks=settings.kv_blocks, metrics=metrics)
+        max_new_tokens=settings.max_new_tokens, kv_blocks=settings.kv_blocks, metrics=metrics,
+        grace_s=settings.shutdown_grace_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

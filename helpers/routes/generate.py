@@ -9,7 +9,8 @@ of its own.
 Errors keep their status while they can: the stream's 200 is sent only once the first
 token exists, so a request refused, shed or timed out before then gets its 4xx/5xx like
 any other. An error after that arrives as a last event, ``data: {"error": ...}``, as
-Triton sends it. A client that disconnects cancels its generation and frees its blocks.
+Triton sends it. A client that disconnects — while queued, while its whole answer is made,
+or mid-stream — cancels its generation and frees its blocks; ``/metrics`` counts it as 499.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 from contextlib import aclosing
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..generation_service import GenerationService
@@ -69,6 +70,31 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
+# nginx's "client closed request": what a request whose client left counts as in /metrics
+CLIENT_LEFT = 499
+
+
+class ClientLeftError(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def _while_connected(request: Request, awaitable):
+    """``await awaitable``, unless the client disconnects first: then cancel it (which
+    cancels the generation and frees its blocks) and raise ``ClientLeftError``."""
+    work = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)  # let it clean up
+    if work.cancelled():
+        raise ClientLeftError
+    return work.result()  # or its error, answered with its status
+
+
 @router.post("/v2/models/{name}/generate")
 @router.post("/v2/models/{name}/versions/{version}/generate")
 async def generate(name: str, body: GenerateRequest, request: Request,
@@ -77,24 +103,16 @@ async def generate(name: str, body: GenerateRequest, request: Request,
     _check_stream_flag(body, streaming=False)
     service = _service(request, name, version)
     prompt = service.prompt_ids(body.text_input)
-    tokens: list[int] = []
 
-    async def collect() -> None:
+    async def collect() -> list[int]:
         async with aclosing(service.stream(prompt, body.parameters.max_tokens,
                                            deadline_s(request))) as stream:
-            async for token in stream:
-                tokens.append(token)
+            return [token async for token in stream]
 
-    work = asyncio.ensure_future(collect())
-    gone = asyncio.ensure_future(_until_disconnected(request))
     try:
-        await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        work.cancel()  # a no-op once done; the client left: the engine drops the request
-    if not work.done() or work.cancelled():
-        return None  # nobody is listening
-    work.result()  # raises the generation's error, answered with its status
+        tokens = await _while_connected(request, collect())
+    except ClientLeftError:
+        return Response(status_code=CLIENT_LEFT)  # nobody reads it; /metrics counts it
     return JSONResponse(_event(service, body, text_output=service.tokenizer.decode(tokens),
                                output_tokens=len(tokens)),
                         headers={VERSION_HEADER: service.version})
@@ -109,8 +127,11 @@ async def generate_stream(name: str, body: GenerateRequest, request: Request,
     service = _service(request, name, version)
     prompt = service.prompt_ids(body.text_input)
     stream = service.stream(prompt, body.parameters.max_tokens, deadline_s(request))
-    try:
-        first = await anext(stream)  # errors before the first token keep their status
+    try:  # errors before the first token keep their status; so does a client that left
+        first = await _while_connected(request, anext(stream))
+    except ClientLeftError:
+        await stream.aclose()
+        return Response(status_code=CLIENT_LEFT)
     except BaseException:
         await stream.aclose()
         raise

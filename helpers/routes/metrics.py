@@ -47,7 +47,7 @@ def _generation_gauges(generation: GenerationServices):
                   ("waiting", "sequences_waiting", "Sequences waiting for KV blocks or a slot"),
                   ("used_blocks", "kv_blocks_used", "KV cache blocks held by sequences"),
                   ("total_blocks", "kv_blocks_total", "KV cache blocks in the pool")]}
-    for service in generation.all():
+    for service in generation.current():
         stats = service.stats
         for field, gauge in gauges.items():
             gauge.add_metric([service.name, service.version], getattr(stats, field))

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -146,44 +147,85 @@ def test_generate_refuses_unknown_and_non_generative_models(server):
     assert stream.status_code == 400  # refused before any event: a real status, not a 200
 
 
-def test_a_missed_deadline_is_a_504_and_gives_its_blocks_back(server):
-    response = server.post("/v2/models/tool-log-lm/generate", headers={"x-timeout-ms": "1"},
-                           json={"text_input": PROMPT, "parameters": {"max_tokens": 200}})
-    assert response.status_code == 504 and "deadline" in response.json()["error"]
-    assert wait_for_gauge(server, "generation_kv_blocks_used", 0)
-    assert gauge(server, "generation_sequences_running") == 0
+@pytest.fixture
+def one_at_a_time(repo):
+    """A server that decodes one sequence at a time: a second request must queue."""
+    settings = ServerSettings(repository=repo, device="cpu", max_new_tokens=240,
+                              max_running_sequences=1)
+    app = create_app(settings)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        client.app = app
+        # Each model call 5 ms slower (a bigger model, a slower machine): a 240-token answer
+        # then takes over a second on any machine, long enough to queue behind.
+        module = app.state.engine.registry.get("tool-log-lm").model.module
+        real_forward = module.forward
+        module.forward = lambda *args, **kwargs: (time.sleep(0.005),
+                                                  real_forward(*args, **kwargs))[1]
+        yield client
+        del module.forward
 
 
-def test_a_client_that_leaves_mid_stream_frees_its_blocks_at_once(server):
-    before = gauge(server, "generation_tokens_total")
-    with server.stream("POST", "/v2/models/tool-log-lm/generate_stream",
-                       json={"text_input": "06:", "parameters": {"max_tokens": 240}}) as response:
-        lines = response.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))
-        # the client goes away after the first token
-    assert wait_for_gauge(server, "generation_sequences_running", 0)
-    assert wait_for_gauge(server, "generation_kv_blocks_used", 0)
-    assert gauge(server, "generation_tokens_total") - before < 240  # it did not run to the end
+def occupy(client, tokens=240):
+    """Start a long stream and read its first token: the engine's one slot is taken."""
+    context = client.stream("POST", "/v2/models/tool-log-lm/generate_stream",
+                            json={"text_input": "06:", "parameters": {"max_tokens": tokens}})
+    response = context.__enter__()
+    lines = response.iter_lines()
+    next(line for line in lines if line.startswith("data: "))
+    return context, lines
 
 
-def test_a_client_that_stops_waiting_for_a_whole_answer_frees_its_blocks(server):
-    before = gauge(server, "generation_tokens_total")
-    with pytest.raises(httpx.ReadTimeout):
-        server.post("/v2/models/tool-log-lm/generate", timeout=0.1,
-                    json={"text_input": "06:", "parameters": {"max_tokens": 240}})
-    assert wait_for_gauge(server, "generation_sequences_running", 0)
-    assert wait_for_gauge(server, "generation_kv_blocks_used", 0)
-    assert gauge(server, "generation_tokens_total") - before < 240
+def test_the_deadline_bounds_the_wait_for_the_first_token(one_at_a_time):
+    client = one_at_a_time
+    context, lines = occupy(client)
+    try:
+        queued = client.post("/v2/models/tool-log-lm/generate", headers={"x-timeout-ms": "50"},
+                             json={"text_input": PROMPT, "parameters": {"max_tokens": 5}})
+        assert queued.status_code == 504 and "before the first token" in queued.json()["error"]
+        assert gauge(client, "generation_sequences_waiting") <= 1
+        rest = [line for line in lines if line.startswith("data: ")]
+    finally:
+        context.__exit__(None, None, None)
+    assert len(rest) == 239 and "error" not in rest[-1]  # a started answer runs to its end
+    assert wait_for_gauge(client, "generation_sequences_waiting", 0)
+    assert wait_for_gauge(client, "generation_kv_blocks_used", 0)
 
 
-def test_health_checks_are_answered_while_a_generation_runs(server):
-    with server.stream("POST", "/v2/models/tool-log-lm/generate_stream",
-                       json={"text_input": "06:", "parameters": {"max_tokens": 240}}) as response:
-        lines = response.iter_lines()
-        next(line for line in lines if line.startswith("data: "))
-        assert server.get("/v2/health/live").status_code == 200
-        after_health = sum(1 for line in lines if line.startswith("data: "))
-    assert after_health > 0  # the health check came back before the generation ended
+def test_a_client_that_leaves_while_queued_gives_up_its_place(one_at_a_time):
+    client = one_at_a_time
+    context, lines = occupy(client)
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # queued behind the long one; gives up
+            client.post("/v2/models/tool-log-lm/generate_stream", timeout=0.3,
+                        json={"text_input": PROMPT, "parameters": {"max_tokens": 5}})
+        # gone from the line while the long one still runs
+        assert wait_for_gauge(client, "generation_sequences_waiting", 0)
+        assert gauge(client, "generation_sequences_running") == 1
+    finally:
+        context.__exit__(None, None, None)
+    frame = prometheus_frame(client.get("/metrics").text)
+    left = frame[(frame["name"] == "inference_requests_total") & (frame["code"] == "499")]
+    assert left["value"].sum() == 1
+
+
+def test_a_reloaded_model_gets_a_new_service_and_the_old_one_stops(one_at_a_time, model):
+    client = one_at_a_time
+    body = {"text_input": PROMPT, "parameters": {"max_tokens": 6}}
+    assert client.post("/v2/models/tool-log-lm/generate", json=body).status_code == 200
+    services = client.app.state.generation
+    (old,) = services.current()
+    assert client.post("/v2/repository/models/tool-log-lm/unload").status_code == 200
+    assert client.post("/v2/repository/models/tool-log-lm/load").status_code == 200
+    again = client.post("/v2/models/tool-log-lm/generate", json=body)
+    assert again.json()["text_output"] == alone(model, PROMPT, 6)
+    (new,) = services.current()
+    assert new is not old
+    for _ in range(200):
+        if not old.alive:
+            break
+        threading.Event().wait(0.025)
+    assert not old.alive and services.all() == [new]
+    assert gauge(client, "generation_kv_blocks_total") == new.stats.total_blocks  # one series
 
 
 def test_a_failing_model_fails_its_own_generations_and_the_server_goes_on(server, model):
@@ -224,6 +266,41 @@ def test_shutdown_lets_an_admitted_stream_finish(repo):
         server.should_exit = True
         thread.join(60)
     assert not thread.is_alive()
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_blocks_at_once(one_at_a_time):
+    client = one_at_a_time
+    before = gauge(client, "generation_tokens_total")
+    with client.stream("POST", "/v2/models/tool-log-lm/generate_stream",
+                       json={"text_input": "06:", "parameters": {"max_tokens": 240}}) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        # the client goes away after the first token
+    assert wait_for_gauge(client, "generation_sequences_running", 0)
+    assert wait_for_gauge(client, "generation_kv_blocks_used", 0)
+    assert gauge(client, "generation_tokens_total") - before < 240  # it did not run to the end
+
+
+def test_a_client_that_stops_waiting_for_a_whole_answer_frees_its_blocks(one_at_a_time):
+    client = one_at_a_time
+    before = gauge(client, "generation_tokens_total")
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/v2/models/tool-log-lm/generate", timeout=0.1,
+                    json={"text_input": "06:", "parameters": {"max_tokens": 240}})
+    assert wait_for_gauge(client, "generation_sequences_running", 0)
+    assert wait_for_gauge(client, "generation_kv_blocks_used", 0)
+    assert gauge(client, "generation_tokens_total") - before < 240
+
+
+def test_health_checks_are_answered_while_a_generation_runs(one_at_a_time):
+    client = one_at_a_time
+    with client.stream("POST", "/v2/models/tool-log-lm/generate_stream",
+                       json={"text_input": "06:", "parameters": {"max_tokens": 240}}) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        assert client.get("/v2/health/live").status_code == 200
+        after_health = sum(1 for line in lines if line.startswith("data: "))
+    assert after_health > 0  # the health check came back before the generation ended
 
 
 # -- the service alone: admission and the end of the grace period -----------------------------

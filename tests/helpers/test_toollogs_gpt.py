@@ -110,3 +110,8 @@ def test_training_lowers_the_loss_and_the_model_round_trips_the_repository(tmp_p
 
 def test_parse_rate_counts_valid_lines():
     assert parse_rate([GOOD, GOOD, "garbage"]) == pytest.approx(2 / 3) and parse_rate([]) == 0
+
+
+def test_generate_takes_prompts_as_lists_or_as_tensors(model):
+    as_list = generate(model, [[1, 2, 3], [4, 5, 6]], 5)
+    assert torch.equal(generate(model, torch.tensor([[1, 2, 3], [4, 5, 6]]), 5), as_list)

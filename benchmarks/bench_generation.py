@@ -7,9 +7,10 @@ with more threads fighting over two cores), each ratio taken within one run:
 
 - **KV cache**: tokens/s generating 255 tokens with and without the cache, batch 1 and 8;
   the two paths must give the same tokens.
-- **Continuous vs static batching**: 64 requests with 20-token prompts and outputs of
-  16–229 tokens through ``GenerationEngine``, 8 running at most: useful tokens/s, mean and
-  p99 latency (all requests arrive at once), and the same tokens from both;
+- **Continuous vs static batching**: 64 requests like lesson 05's (``gpt.log_requests``:
+  one or two real log lines in, 16 tokens up to the rest of the context out, most short) through
+  ``GenerationEngine``, 8 running at most: useful tokens/s, mean and p99 latency (all
+  requests arrive at once), and the same tokens from both;
 - **KV memory**: while the continuous engine runs, the share of allocated token slots that
   hold no token — paged blocks against a reservation of the whole context per sequence.
 """
@@ -21,14 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from helpers import models, training  # noqa: E402
 from helpers.generation import GenerationEngine, drive  # noqa: E402
-from helpers.gpt import generate  # noqa: E402
+from helpers.gpt import generate, log_requests  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -47,11 +47,9 @@ def kv_cache_speedup(model, new_tokens: int = 255, batch: int = 1) -> dict:
 
 
 def batching_comparison(model, n_requests: int = 64, max_running: int = 8, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(16, 230, size=n_requests)
-    vocab = model.config.vocab_size
-    requests = [(f"r{i}", rng.integers(0, vocab, size=20).tolist(), int(n))
-                for i, n in enumerate(lengths)]
+    """Lesson 05's workload, larger: 1-2 real log lines in, 16 tokens to the context out,
+    most of them short."""
+    requests = log_requests(n_requests, model.config.context, seed)
     results, outputs = {}, {}
     for mode in ("static", "continuous"):
         engine = GenerationEngine(model, n_blocks=n_requests * 16, max_running=max_running,

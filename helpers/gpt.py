@@ -35,7 +35,7 @@ from .repository import TensorSpec, register_architecture
 from .toollogs import ALARMS, KITS
 
 __all__ = ["BOS", "ToolLogTokenizer", "GPTConfig", "ToolLogGPT", "attend", "use_attention",
-           "generate"]
+           "generate", "log_requests"]
 
 BOS = "<bos>"
 
@@ -343,6 +343,24 @@ def sample_lines(model: ToolLogGPT, n_samples: int = 16, new_tokens: int = 200,
         text = tokenizer.decode(out[0, len(prompt):].tolist())
         lines += text.split("\n")[:-1]
     return lines
+
+
+def log_requests(n: int, context: int = 256, seed: int = 0) -> list[tuple[str, list[int], int]]:
+    """Generation requests like the log assistant's traffic: ``(id, prompt ids, tokens to
+    generate)``, each prompt one or two real log lines after a BOS, each answer from 16
+    tokens up to the rest of the context, log-uniformly — most short, a few long, as chat
+    traffic is (deterministic in ``seed``)."""
+    from .toollogs import make_tool_log
+
+    tokenizer, rng = ToolLogTokenizer(), np.random.default_rng(seed)
+    requests = []
+    for i in range(n):
+        lines = make_tool_log(int(rng.integers(1, 3)), seed=1000 + seed * 100 + i)
+        ids = [tokenizer.bos_id, *tokenizer.encode("\n".join(lines) + "\n")]
+        longest = context - len(ids)
+        new = int(np.exp(rng.uniform(np.log(16), np.log(longest + 1))))
+        requests.append((f"req-{i}", ids, min(new, longest)))
+    return requests
 
 
 def parse_rate(lines: Sequence[str]) -> float:

@@ -115,3 +115,17 @@ def test_parse_rate_counts_valid_lines():
 def test_generate_takes_prompts_as_lists_or_as_tensors(model):
     as_list = generate(model, [[1, 2, 3], [4, 5, 6]], 5)
     assert torch.equal(generate(model, torch.tensor([[1, 2, 3], [4, 5, 6]]), 5), as_list)
+
+
+def test_log_requests_are_real_log_prompts_with_answers_up_to_the_context():
+    from helpers.gpt import log_requests
+
+    requests = log_requests(40, context=256, seed=3)
+    assert requests == log_requests(40, context=256, seed=3)  # deterministic
+    assert len({request_id for request_id, _, _ in requests}) == 40
+    tokenizer = ToolLogTokenizer()
+    for _, prompt, new in requests:
+        assert prompt[0] == tokenizer.bos_id and 16 <= new and len(prompt) + new <= 256
+        lines = tokenizer.decode(prompt).split("\n")
+        assert lines[-1] == "" and all(map(toollogs.parses, lines[:-1])) and len(lines) in (2, 3)
+    assert max(new for *_, new in requests) > 150  # long answers too, not only short ones

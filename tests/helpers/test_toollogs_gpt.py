@@ -128,4 +128,5 @@ def test_log_requests_are_real_log_prompts_with_answers_up_to_the_context():
         assert prompt[0] == tokenizer.bos_id and 16 <= new and len(prompt) + new <= 256
         lines = tokenizer.decode(prompt).split("\n")
         assert lines[-1] == "" and all(map(toollogs.parses, lines[:-1])) and len(lines) in (2, 3)
-    assert max(new for *_, new in requests) > 150  # long answers too, not only short ones
+    answers = [new for *_, new in requests]
+    assert np.median(answers) < 70 and max(answers) > 110  # most short, a few long

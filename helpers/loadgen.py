@@ -34,8 +34,8 @@ import pandas as pd
 
 from .metrics import LatencyRecorder
 
-__all__ = ["Request", "Sender", "arrival_times", "open_loop", "closed_loop", "LoadResult",
-           "v2_request"]
+__all__ = ["Request", "Sender", "HTTPSender", "arrival_times", "open_loop", "closed_loop",
+           "LoadResult", "v2_request"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ Sender = Callable[[Request], Awaitable[tuple[int, str, str]]]
 """Sends one request and returns ``(status, error, served version)``; status 0 = no answer."""
 
 
-class _HTTPSender:
+class HTTPSender:
     """The real sender: one aiohttp session with a connection per concurrent request.
 
     Why aiohttp and not httpx (which the lessons use to *call* the server): the
@@ -141,7 +141,7 @@ class _HTTPSender:
         self.url, self.connections, self.timeout_s = url.rstrip("/"), connections, timeout_s
         self.session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> _HTTPSender:
+    async def __aenter__(self) -> HTTPSender:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.connections),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s))
@@ -174,7 +174,7 @@ async def _sender(url: str | None, send: Sender | None, connections: int, timeou
         return
     if url is None:
         raise ValueError("give the server's url (or a send function)")
-    async with _HTTPSender(url, connections, timeout_s) as http:
+    async with HTTPSender(url, connections, timeout_s) as http:
         yield http
 
 

@@ -153,10 +153,10 @@ def test_requests_that_time_out_count_at_their_timeout_in_the_percentiles():
 
 
 def test_a_real_timeout_is_reported_as_a_timeout():
-    from helpers.loadgen import _HTTPSender
+    from helpers.loadgen import HTTPSender
 
     async def scenario(url):
-        async with _HTTPSender(url, 4, timeout_s=0.2) as send:
+        async with HTTPSender(url, 4, timeout_s=0.2) as send:
             return await send(Request("GET", "/slow"))
 
     from fastapi import FastAPI

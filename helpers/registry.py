@@ -89,7 +89,7 @@ class ModelRegistry:
     def __init__(self, repository: Path | None, policy: BatchPolicy, *, max_queue: int,
                  workers: int, metrics: ServingMetrics, device: str | None = None,
                  buckets: tuple[int, ...] = (), trusted_types: tuple[str, ...] = (),
-                 drain_timeout_s: float = 25.0) -> None:
+                 drain_timeout_s: float = 25.0, fault_delay_s: float = 0.0) -> None:
         self.repository = repository
         self.policy = policy
         self.buckets = buckets  # length bucket bounds for sequence models; () = no bucketing
@@ -99,6 +99,9 @@ class ModelRegistry:
         self.device = device
         self.trusted_types = trusted_types  # extra skops types the operator trusts
         self.drain_timeout_s = drain_timeout_s  # how long an unload waits for admitted work
+        # Fault injection for experiments (lesson 06's slow replica): every row of a batch
+        # takes this much longer, asleep in the model's worker, as on a slower or busier host.
+        self.fault_delay_s = fault_delay_s
         self._versions: dict[str, dict[str, ServedVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}      # one per model name
         self._loading: dict[str, asyncio.Task] = {}    # name -> the load in progress
@@ -275,6 +278,8 @@ class ModelRegistry:
             for work in items:
                 queue_duration.observe(start - work.submitted)
             rows = np.concatenate([w.rows for w in items])  # (sum n_i, ...), one model call
+            if self.fault_delay_s:  # injected slowness: a sleep, so no CPU is taken
+                time.sleep(self.fault_delay_s * len(rows))
             probs = np.asarray(model.predict(rows))
             compute_duration.observe(time.perf_counter() - start)
             batch_size.observe(len(rows))

@@ -82,6 +82,8 @@ class ServerSettings:
     #                                 (under Kubernetes' default 30 s before SIGKILL)
     trusted_types: tuple[str, ...] = ()  # extra Python types skops model files may hold
     device: str | None = None       # None: helpers.device.pick_device()
+    fault_delay_ms: float = 0.0     # FAULT INJECTION, for experiments only: each row of every
+    #                                 batch sleeps this long in the model worker (a slow host)
     # generation (POST .../generate and generate_stream)
     max_new_tokens: int = 128       # the most tokens one generate request may ask for
     max_running_sequences: int = 8  # sequences decoding together, one token each per step
@@ -174,7 +176,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
                              workers=settings.model_workers(), metrics=metrics,
                              device=settings.device, buckets=settings.buckets,
                              trusted_types=settings.trusted_types,
-                             drain_timeout_s=settings.shutdown_grace_s)
+                             drain_timeout_s=settings.shutdown_grace_s,
+                             fault_delay_s=settings.fault_delay_ms / 1000)
     if cache is None and settings.cache_entries > 0:
         from .cache import TTLCache
         cache = TTLCache(settings.cache_entries, settings.cache_ttl_s)

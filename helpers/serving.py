@@ -29,7 +29,8 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["free_port", "wait_until_ready", "serve_in_thread", "ServerProcess", "serve_subprocess"]
+__all__ = ["free_port", "wait_until_ready", "serve_in_thread", "ServerProcess", "serve_subprocess",
+           "start_server_process", "wait_for_server", "stop_server_process"]
 
 READY_PATH = "/v2/health/ready"
 
@@ -125,11 +126,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass  # not Linux: the atexit hook below still covers a normal exit
 
 
-@contextmanager
-def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1",
-                     timeout_s: float = 120.0, port: int | None = None) -> Iterator[ServerProcess]:
-    """Run ``python -m helpers.server ARGS`` on ``port`` (default: a free one); yields a
-    ``ServerProcess`` once it is ready. A restart is a second call with the same port."""
+def start_server_process(*args: str, env: dict[str, str] | None = None,
+                         host: str = "127.0.0.1", port: int | None = None) -> ServerProcess:
+    """Spawn ``python -m helpers.server ARGS`` on ``port`` (default: a free one) and return at
+    once; ``wait_until_ready`` and ``stop_server_process`` are the caller's to call."""
     port = port or free_port(host)
     log = Path(tempfile.mkstemp(prefix="helpers-server-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *args]
@@ -139,18 +139,39 @@ def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = 
                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = ServerProcess(f"http://{host}:{port}", process, log)
     atexit.register(server.terminate)  # also when a notebook never reaches its clean-up cell
+    return server
+
+
+def wait_for_server(server: ServerProcess, timeout_s: float = 120.0) -> None:
+    """Wait until ``server`` is ready; if it dies or times out first, raise with its log."""
     try:
-        try:
-            wait_until_ready(server.url, timeout_s, alive=lambda: process.poll() is None)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}\n--- server log ---\n{server.log()[-4000:]}") from None
+        wait_until_ready(server.url, timeout_s, alive=lambda: server.process.poll() is None)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n--- server log ---\n{server.log()[-4000:]}") from None
+
+
+def stop_server_process(server: ServerProcess, timeout_s: float = 60.0,
+                        keep_log: bool = False) -> None:
+    """SIGTERM, wait for the exit (SIGKILL past ``timeout_s``), forget it."""
+    server.terminate()
+    try:
+        server.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    atexit.unregister(server.terminate)
+    if not keep_log:
+        server.log_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1",
+                     timeout_s: float = 120.0, port: int | None = None) -> Iterator[ServerProcess]:
+    """Run ``python -m helpers.server ARGS`` on ``port`` (default: a free one); yields a
+    ``ServerProcess`` once it is ready. A restart is a second call with the same port."""
+    server = start_server_process(*args, env=env, host=host, port=port)
+    try:
+        wait_for_server(server, timeout_s)
         yield server
     finally:
-        server.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        atexit.unregister(server.terminate)
-        log.unlink(missing_ok=True)
+        stop_server_process(server)

@@ -158,3 +158,28 @@ def test_an_unforeseen_load_error_shows_its_kind_not_host_paths(tmp_path):
     (row,) = asyncio.run(scenario())
     assert row["state"] == "UNAVAILABLE" and row["reason"].startswith("load failed:")
     assert str(tmp_path) not in row["reason"] and "server log" in row["reason"]
+
+
+def test_fault_injection_sleeps_per_row_in_the_worker_and_is_off_by_default(repo, monkeypatch):
+    import numpy as np
+
+    import helpers.registry
+
+    slept = []
+    monkeypatch.setattr(helpers.registry.time, "sleep", slept.append)
+
+    async def scenario(fault_delay_s):
+        registry = ModelRegistry(repo, BatchPolicy(4, 0), max_queue=8, workers=1,
+                                 metrics=ServingMetrics(), device="cpu",
+                                 fault_delay_s=fault_delay_s)
+        (served, _) = await registry.load("mlp")
+        slept.clear()  # the warm-up batch slept too
+        out = await served.batcher.submit(registry.work(served.model,
+                                                        np.zeros((3, 8), np.float32)))
+        await registry.close()
+        return out
+
+    assert len(asyncio.run(scenario(0.002))) == 3
+    assert slept == [pytest.approx(0.006)]  # 3 rows x 2 ms, in one batch
+    asyncio.run(scenario(0.0))
+    assert slept == []

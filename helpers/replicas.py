@@ -1,0 +1,163 @@
+"""Several replicas of the model server on this machine, for balancing experiments.
+
+``ReplicaSet(3, "--models", "wafer-cnn")`` starts three ``python -m helpers.server``
+processes on free loopback ports **in parallel** (start-up is mostly loading torch and the
+model: paying it three times in a row would triple the wait), waits until each is ready,
+and stops every one of them on the way out — also when the block raises; and each dies
+with the kernel that started it (``helpers.serving``).
+
+It can break them on purpose: ``kill(i)`` (SIGKILL: a crash, in-flight requests get no
+answer), ``stop(i)`` (SIGTERM: a graceful drain) and ``restart(i, *extra)`` on the same port,
+e.g. with ``--fault-delay-ms 2`` to make one replica slow, as a noisy neighbour would.
+``table()`` records each replica's start-up time (spawn to ready) and memory (RSS).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import pandas as pd
+import psutil
+
+from .serving import (
+    ServerProcess,
+    free_port,
+    start_server_process,
+    stop_server_process,
+    wait_for_server,
+)
+
+__all__ = ["Replica", "ReplicaSet"]
+
+
+@dataclass
+class Replica:
+    name: str
+    port: int
+    args: tuple[str, ...]            # what every replica of the set runs with
+    extra: tuple[str, ...] = ()      # this one's own, since its last restart
+    server: ServerProcess | None = None
+    spawned_at: float = 0.0
+    startup_s: float = float("nan")  # spawn to ready, the last time it started
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.server is not None and self.server.process.poll() is None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process now (0 when it is not running)."""
+        if not self.alive:
+            return 0
+        try:
+            return psutil.Process(self.server.process.pid).memory_info().rss
+        except psutil.Error:
+            return 0
+
+
+class ReplicaSet:
+    """``n`` server processes with the same ``args``; a context manager."""
+
+    def __init__(self, n: int, *args: str, env: dict[str, str] | None = None,
+                 timeout_s: float = 120.0) -> None:
+        if n < 1:
+            raise ValueError(f"a replica set needs at least one replica, got {n}")
+        self.env, self.timeout_s = env, timeout_s
+        self.replicas = [Replica(f"replica-{i}", free_port(), tuple(args)) for i in range(n)]
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def __enter__(self) -> ReplicaSet:
+        try:
+            self._start_all(range(len(self.replicas)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every replica still running (SIGTERM, then SIGKILL if it lingers)."""
+        with ThreadPoolExecutor(len(self.replicas)) as pool:
+            list(pool.map(self._stop, self.replicas))
+
+    def _start_all(self, indices) -> None:
+        for i in indices:  # spawn all first, then wait for all: they load side by side
+            self._spawn(self.replicas[i])
+        with ThreadPoolExecutor(len(self.replicas)) as pool:
+            list(pool.map(self._wait, [self.replicas[i] for i in indices]))
+
+    def _spawn(self, replica: Replica) -> None:
+        replica.server = start_server_process(*replica.args, *replica.extra, env=self.env,
+                                              port=replica.port)
+        replica.spawned_at = time.perf_counter()
+
+    def _wait(self, replica: Replica) -> None:
+        wait_for_server(replica.server, self.timeout_s)
+        replica.startup_s = time.perf_counter() - replica.spawned_at
+
+    @staticmethod
+    def _stop(replica: Replica) -> None:
+        if replica.server is not None:
+            stop_server_process(replica.server, timeout_s=30)
+            replica.server = None
+
+    # -- reading -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def __getitem__(self, i: int) -> Replica:
+        return self.replicas[i]
+
+    @property
+    def urls(self) -> list[str]:
+        return [r.url for r in self.replicas]
+
+    def health(self) -> dict[str, bool]:
+        """Each replica's readiness, asked now (a dead one is simply not ready)."""
+        ready = {}
+        with httpx.Client(timeout=1.0) as client:
+            for replica in self.replicas:
+                try:
+                    ready[replica.name] = client.get(replica.url + "/v2/health/ready"
+                                                     ).status_code == 200
+                except httpx.TransportError:
+                    ready[replica.name] = False
+        return ready
+
+    def table(self) -> pd.DataFrame:
+        """Per replica: url, pid, alive, start-up time and resident memory."""
+        return pd.DataFrame([{
+            "replica": r.name, "url": r.url,
+            "pid": r.server.process.pid if r.server else None, "alive": r.alive,
+            "start-up s": round(r.startup_s, 2), "RSS MB": round(r.rss_bytes() / 2**20, 1),
+            "extra args": " ".join(r.extra)}
+            for r in self.replicas]).set_index("replica")
+
+    # -- breaking things on purpose ---------------------------------------------------------
+    def kill(self, i: int) -> None:
+        """SIGKILL replica ``i``: a crash. Its in-flight requests get no answer."""
+        replica = self.replicas[i]
+        if replica.alive:
+            replica.server.process.kill()
+            replica.server.process.wait()
+
+    def stop(self, i: int) -> None:
+        """SIGTERM replica ``i`` and wait: it drains what it admitted, then exits."""
+        self._stop(self.replicas[i])
+
+    def restart(self, i: int, *extra: str) -> None:
+        """Stop replica ``i`` (if running) and start it again on its port, with its
+        arguments plus ``extra`` (e.g. ``"--fault-delay-ms", "2"``); waits until ready."""
+        replica = self.replicas[i]
+        self._stop(replica)
+        replica.extra = tuple(extra)
+        self._spawn(replica)
+        self._wait(replica)

@@ -1,0 +1,66 @@
+"""Real replicas of the server on loopback: started in parallel, broken on purpose, balanced
+over, and always stopped."""
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from helpers import models
+from helpers.balancer import Balancer, OutlierDetector, PowerOfTwo, RetryBudget
+from helpers.loadgen import v2_request
+from helpers.replicas import ReplicaSet
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("replica-models")
+    models.save_torch_model(models.WaferMLP(hidden=8), "mlp", 1, root)
+    return root
+
+
+def infer(url):
+    body = {"inputs": [{"name": "process_features", "shape": [1, 8], "datatype": "FP32",
+                        "data": [0.0] * 8}]}
+    return httpx.post(url + "/v2/models/mlp/infer", json=body, timeout=10).status_code
+
+
+def test_replicas_start_in_parallel_break_on_purpose_and_always_stop(repo):
+    args = ("--repository", str(repo), "--models", "mlp", "--workers", "1")
+    with ReplicaSet(2, *args) as replicas:
+        assert len(set(replicas.urls)) == 2 and all(infer(url) == 200 for url in replicas.urls)
+        table = replicas.table()
+        assert list(table["alive"]) == [True, True]
+        assert (table["start-up s"] > 0).all() and (table["RSS MB"] > 10).all()
+        processes = [r.server.process for r in replicas]
+
+        replicas.kill(0)  # a crash
+        assert replicas.health() == {"replica-0": False, "replica-1": True}
+        assert not replicas[0].alive and replicas.table()["RSS MB"].iloc[0] == 0
+
+        replicas.restart(0, "--fault-delay-ms", "1")  # back, slower, on the same port
+        assert replicas.health() == {"replica-0": True, "replica-1": True}
+        assert infer(replicas[0].url) == 200
+        assert replicas.table()["extra args"].tolist() == ["--fault-delay-ms 1", ""]
+        processes.append(replicas[0].server.process)
+    assert all(p.poll() is not None for p in processes)  # nothing left running
+
+
+def test_the_balancer_routes_around_a_killed_replica(repo):
+    args = ("--repository", str(repo), "--models", "mlp", "--workers", "1")
+    make = v2_request("mlp", np.zeros((4, 8), np.float32))
+    with ReplicaSet(3, *args) as replicas:
+        replicas.kill(2)
+
+        async def send(n):
+            async with Balancer(replicas.urls, PowerOfTwo(),
+                                detector=OutlierDetector(consecutive_failures=2, eject_s=60),
+                                budget=RetryBudget(ratio=0.2, min_retries=2)) as balancer:
+                statuses = [(await balancer(make(i)))[0] for i in range(n)]
+                return statuses, balancer.stats(), balancer.retries
+
+        statuses, stats, retries = asyncio.run(send(40))
+    assert statuses == [200] * 40  # the dead one's failures were retried elsewhere
+    dead = stats.loc[replicas.urls[2]]
+    assert dead["failures"] == 2 and dead["ejected now"] and retries == 2

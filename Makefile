@@ -19,7 +19,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND ?= Agg
 
-.PHONY: help setup data lab serve bench test test-full lint notebooks autograde feedback grades \
+.PHONY: help setup redis data lab serve bench test test-full lint notebooks autograde feedback grades \
 	clean
 
 help:  ## list the commands
@@ -33,7 +33,23 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-setup: $(STAMP) data  ## create .venv, install the pinned environment, make the data
+setup: $(STAMP) redis data  ## create .venv, install the pinned environment, make the data
+
+# Lesson 06's shared cache runs on a real Redis: Debian's redis-server, installed here when
+# this can (root and apt-get, as in CI and containers). Otherwise the lessons and tests use
+# fakeredis's TCP server, and say so; `sudo apt-get install redis-server` (or `brew install
+# redis`) gives you the real one.
+redis:  ## install redis-server where this can (else lessons use fakeredis's server and say so)
+	@command -v redis-server >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's redis-server"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && \
+		    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1; }; } \
+		|| echo "could not install redis-server: the fakeredis fallback will serve"; \
+	else \
+		echo "redis-server not found: the fakeredis fallback will serve (see README, Redis)"; \
+	fi
 
 data: $(STAMP)  ## train the course models into data/models (skips what exists)
 	$(BIN)/python -m helpers.training

@@ -142,6 +142,13 @@ class InferenceEngine:
                 raise DeadlineExceededError(
                     f"deadline of {timeout_s:.3f} s passed waiting for the computation this "
                     "request shares with identical ones") from None
+        if hasattr(cache, "alookup"):  # a shared cache (Redis): waits without blocking the loop
+            found, value = await cache.alookup(key)
+            if found:
+                return value
+            value = await self._compute(served, rows, timeout_s)
+            await cache.aput(key, value)
+            return value
         found, value = cache.lookup(key)
         if found:
             return value

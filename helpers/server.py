@@ -75,6 +75,7 @@ class ServerSettings:
     max_records: int = 10_000       # per /predict/batch or /predict/stream request
     cache_entries: int = 0          # 0: no prediction cache
     cache_ttl_s: float = 60.0
+    cache_url: str = ""             # redis://host:port/db: one cache shared by every replica
     splits: dict[str, str] = field(default_factory=dict)  # model -> "1:0.9,2:0.1"
     max_jobs: int = 256
     max_job_result_bytes: int = 256 << 20  # results kept for jobs; oldest finished evicted
@@ -139,7 +140,7 @@ def _parse_setting(name: str, raw: str) -> Any:
         return tuple(int(b) for b in raw.split(",") if b.strip())
     if name == "splits":  # "wafer-mlp=1:0.9,2:0.1;other=1:1"
         return dict(part.split("=", 1) for part in raw.split(";") if part.strip())
-    if name in ("default_model", "device"):
+    if name in ("default_model", "device", "cache_url"):
         return raw
     number = float(raw)
     return int(number) if name in _INT_SETTINGS else number
@@ -178,7 +179,10 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
                              trusted_types=settings.trusted_types,
                              drain_timeout_s=settings.shutdown_grace_s,
                              fault_delay_s=settings.fault_delay_ms / 1000)
-    if cache is None and settings.cache_entries > 0:
+    if cache is None and settings.cache_url:
+        from .shared_cache import RedisCache
+        cache = RedisCache(settings.cache_url, settings.cache_ttl_s)
+    elif cache is None and settings.cache_entries > 0:
         from .cache import TTLCache
         cache = TTLCache(settings.cache_entries, settings.cache_ttl_s)
     engine = InferenceEngine(
@@ -206,6 +210,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         yield
         # uvicorn has stopped accepting; finish what was admitted, within the grace period.
         await asyncio.gather(engine.close(), generation.close(settings.shutdown_grace_s))
+        if hasattr(cache, "aclose"):  # a shared cache's connections
+            await cache.aclose()
 
     app = FastAPI(title="Real-Time ML Serving", version=__version__, lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.settings = engine, metrics, settings

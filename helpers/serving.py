@@ -8,13 +8,15 @@
 
 Both wait until ``/v2/health/ready`` answers 200 before yielding, and stop what
 they started on the way out — also when the block raises — so nbval and pytest
-never leave a server behind.
+never leave a server behind. ``redis_server()`` does the same for a Redis (the
+shared prediction cache of lesson 06).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +32,8 @@ from pathlib import Path
 import httpx
 
 __all__ = ["free_port", "wait_until_ready", "serve_in_thread", "ServerProcess", "serve_subprocess",
-           "start_server_process", "wait_for_server", "stop_server_process"]
+           "start_server_process", "wait_for_server", "stop_server_process", "RedisEndpoint",
+           "redis_server"]
 
 READY_PATH = "/v2/health/ready"
 
@@ -175,3 +178,61 @@ def serve_subprocess(*args: str, env: dict[str, str] | None = None, host: str = 
         yield server
     finally:
         stop_server_process(server)
+
+
+@dataclass
+class RedisEndpoint:
+    url: str   # redis://127.0.0.1:<port>/0
+    kind: str  # what serves it: "redis-server 7.0.15" or "fakeredis TCP server (fallback)"
+
+
+@contextmanager
+def redis_server(prefer_fake: bool = False, timeout_s: float = 10.0) -> Iterator[RedisEndpoint]:
+    """A Redis on a free loopback port for the block's duration; stopped on the way out.
+
+    Debian's ``redis-server`` if it is installed (``make setup`` installs it where it can),
+    otherwise fakeredis's TCP server: a real server speaking the Redis protocol, in a thread
+    of this process. ``kind`` says which one runs; lessons print it.
+    """
+    import redis
+
+    port = free_port()
+    binary = None if prefer_fake else shutil.which("redis-server")
+    if binary:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stop = process.terminate
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        kind = "redis-server " + next((w.removeprefix("v=") for w in version.split()
+                                       if w.startswith("v=")), "")
+    else:
+        from fakeredis import TcpFakeServer
+
+        server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+        thread = threading.Thread(target=server.serve_forever, daemon=True, name="fakeredis")
+        thread.start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+        kind = "fakeredis TCP server (fallback: no redis-server installed)"
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client, deadline = redis.Redis.from_url(url, socket_timeout=1), time.monotonic() + timeout_s
+        while True:  # ready when it answers PING
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{kind} did not answer on {url} within "
+                                       f"{timeout_s} s") from None
+                time.sleep(0.02)
+        client.close()
+        yield RedisEndpoint(url, kind)
+    finally:
+        stop()
+        if binary:
+            process.wait(timeout=10)

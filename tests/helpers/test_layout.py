@@ -17,7 +17,7 @@ FOUNDATIONS = {"settings", "device", "data", "metrics", "memory", "toollogs"}
 REPOSITORY = {"repository"}
 MODEL_KINDS = {"models", "wafermaps", "embedder", "training", "gpt", "kv_cache"}
 ENGINE = {"batching", "bucketing", "cache", "registry", "routing", "jobs", "inference",
-          "scheduling", "generation", "generation_service", "protocol"}
+          "scheduling", "generation", "generation_service", "shared_cache", "protocol"}
 HTTP = {"server", "http_guards"} | {f"routes.{p.stem}" for p in (PACKAGE / "routes").glob("*.py")
                                      if p.stem != "__init__"} | {"routes"}
 LAYERS = [FOUNDATIONS, REPOSITORY, MODEL_KINDS, ENGINE, HTTP]

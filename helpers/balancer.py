@@ -267,12 +267,17 @@ class Balancer:
     """
 
     def __init__(self, urls: Sequence[str], picker, *, detector: OutlierDetector | None = None,
-                 budget: RetryBudget | None = None, tau_s: float = 10.0,
+                 budget: RetryBudget | None = None, max_attempts: int = 3, tau_s: float = 10.0,
                  timeout_s: float = 30.0, connections: int = 1000,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``max_attempts`` caps one request's tries (Envoy's ``num_retries`` + 1), whatever
+        the budget allows: a request never loops over dead replicas for ever."""
         if not urls:
             raise ValueError("a balancer needs at least one replica")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.picker, self.detector, self.budget = picker, detector, budget
+        self.max_attempts = max_attempts
         self.timeout_s, self.connections, self.clock = timeout_s, connections, clock
         self.replicas = {url.rstrip("/"): _Replica(url.rstrip("/"), PeakEwma(tau_s, clock))
                          for url in urls}
@@ -302,10 +307,11 @@ class Balancer:
         if self.budget is not None:
             self.budget.request()
         tried: set[str] = set()
-        while True:
+        for attempt in range(1, self.max_attempts + 1):
             replica = self.replicas[self.picker.pick(self.candidates(tried)).name]
             status, error, version = await self._send(replica, request)
-            if not failed(status) or self.budget is None or not self.budget.try_retry():
+            if (not failed(status) or attempt == self.max_attempts or self.budget is None
+                    or not self.budget.try_retry()):
                 return status, error, version
             tried.add(replica.url)
             self.retries += 1

@@ -7,13 +7,16 @@ and stops every one of them on the way out — also when the block raises; and e
 with the kernel that started it (``helpers.serving``).
 
 It can break them on purpose: ``kill(i)`` (SIGKILL: a crash, in-flight requests get no
-answer), ``stop(i)`` (SIGTERM: a graceful drain) and ``restart(i, *extra)`` on the same port,
+answer), ``pause(i, s)`` (SIGSTOP for ``s`` seconds: a stalled host that recovers),
+``stop(i)`` (SIGTERM: a graceful drain) and ``restart(i, *extra)`` on the same port,
 e.g. with ``--fault-delay-ms 2`` to make one replica slow, as a noisy neighbour would.
 ``table()`` records each replica's start-up time (spawn to ready) and memory (RSS).
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +109,8 @@ class ReplicaSet:
     @staticmethod
     def _stop(replica: Replica) -> None:
         if replica.server is not None:
+            if replica.alive:  # a paused process would not see the SIGTERM until resumed
+                replica.server.process.send_signal(signal.SIGCONT)
             stop_server_process(replica.server, timeout_s=30)
             replica.server = None
 
@@ -148,6 +153,23 @@ class ReplicaSet:
         if replica.alive:
             replica.server.process.kill()
             replica.server.process.wait()
+
+    def pause(self, i: int, seconds: float) -> threading.Timer:
+        """Freeze replica ``i`` for ``seconds`` (SIGSTOP, then SIGCONT): a host that stalls —
+        a noisy neighbour, a swap storm, a long GC pause — and then recovers. Requests sent
+        to it meanwhile wait; it answers them when it resumes. Returns the timer."""
+        process = self.replicas[i].server.process
+        process.send_signal(signal.SIGSTOP)
+        watched = psutil.Process(process.pid)
+        for _ in range(200):  # the signal lands when the process is next scheduled
+            if watched.status() == psutil.STATUS_STOPPED:
+                break
+            time.sleep(0.005)
+        resume = threading.Timer(seconds, lambda: process.poll() is None
+                                 and process.send_signal(signal.SIGCONT))
+        resume.daemon = True
+        resume.start()
+        return resume
 
     def stop(self, i: int) -> None:
         """SIGTERM replica ``i`` and wait: it drains what it admitted, then exits."""

@@ -195,3 +195,12 @@ def test_retries_stop_at_the_budget_and_client_errors_are_not_retried():
     picky = fake_balancer({"http://a": lambda r: 422, "http://b": lambda r: 200},
                           budget=RetryBudget(clock=clock), clock=clock)
     assert run_requests(picky, 1)[0][0] == 422 and picky.retries == 0
+
+
+def test_a_request_stops_after_max_attempts_whatever_the_budget():
+    clock = Clock()
+    balancer = fake_balancer({"http://a": lambda r: 0, "http://b": lambda r: 0},
+                             budget=RetryBudget(ratio=1.0, min_retries=1000, clock=clock),
+                             max_attempts=3, clock=clock)
+    assert [status for status, _, _ in run_requests(balancer, 5)] == [0] * 5
+    assert balancer.retries == 10 and balancer.stats()["attempts"].sum() == 15

@@ -2,6 +2,7 @@
 over, and always stopped."""
 
 import asyncio
+import signal
 
 import httpx
 import numpy as np
@@ -64,3 +65,16 @@ def test_the_balancer_routes_around_a_killed_replica(repo):
     assert statuses == [200] * 40  # the dead one's failures were retried elsewhere
     dead = stats.loc[replicas.urls[2]]
     assert dead["failures"] == 2 and dead["ejected now"] and retries == 2
+
+
+def test_a_paused_replica_answers_when_it_resumes_and_a_set_stops_a_paused_one(repo):
+    args = ("--repository", str(repo), "--models", "mlp", "--workers", "1")
+    with ReplicaSet(1, *args) as replicas:
+        replicas.pause(0, 1.5)  # longer than health()'s 1 s timeout
+        assert replicas.health() == {"replica-0": False}  # frozen: no answer within 1 s
+        assert infer(replicas[0].url) == 200  # waited for the resume, then answered
+        assert replicas.health() == {"replica-0": True}
+        replicas.pause(0, 60)  # closing the set must not wait a minute for it
+        process = replicas[0].server.process
+    # resumed, then ended by its SIGTERM (uvicorn re-raises it after draining), not SIGKILLed
+    assert process.returncode == -signal.SIGTERM

@@ -61,9 +61,10 @@ lab: setup  ## start JupyterLab on the course (PORT=8888 by default)
 serve: setup  ## run the model server on 127.0.0.1:8000 (extra flags: ARGS="--max-queue 64")
 	$(BIN)/python -m helpers.server $(ARGS)
 
-bench: setup  ## measure batching, server overhead, KV cache and continuous batching; results in benchmarks/results/
+bench: setup  ## measure batching, server overhead, KV cache, continuous batching, load balancing; results in benchmarks/results/
 	$(BIN)/python benchmarks/bench_serving.py $(ARGS)
 	$(BIN)/python benchmarks/bench_generation.py
+	$(BIN)/python benchmarks/bench_balancing.py
 
 lint: $(STAMP)  ## ruff over the package and the tests
 	$(BIN)/ruff check helpers tests benchmarks nbgrader_config.py assessments/*.py

@@ -66,3 +66,26 @@ def test_the_generation_benchmark_compares_like_with_like():
     assert set(batching) >= {"static", "continuous", "throughput_ratio", "mean_latency_ratio"}
     continuous = batching["continuous"]
     assert 0 <= continuous["paged_waste"] < continuous["reserved_waste"] < 1
+
+
+def test_the_balancing_benchmark_counts_errors_and_retries_around_a_dead_replica():
+    import bench_balancing as lb
+
+    from helpers.balancer import OutlierDetector, RetryBudget, RoundRobin
+    from helpers.loadgen import v2_request
+    from helpers.server import ServerSettings, create_app
+    from helpers.serving import free_port, serve_in_thread
+
+    app = create_app(ServerSettings(repository=Path("/nonexistent")),
+                     models=[SlowModel("wafer-mlp", delay_s=0)])
+    make = v2_request("wafer-mlp", np.zeros((4, 8), np.float32))
+    with serve_in_thread(app) as url:
+        urls = [url, f"http://127.0.0.1:{free_port()}"]  # nothing listens on the second
+        bare = lb.run(urls, RoundRobin(), make, seconds=1.5)
+        guarded = lb.run(urls, RoundRobin(), make, seconds=1.5,
+                         detector=OutlierDetector(consecutive_failures=2, eject_s=10),
+                         budget=RetryBudget(ratio=0.1, min_retries=3))
+    assert bare["errors"] > 0.3 * bare["requests"] and bare["retries"] == 0
+    assert guarded["errors"] == 0 and guarded["ejections"] == 1
+    assert 0 < guarded["retries"] <= 3 + 0.1 * guarded["attempts"]
+    assert guarded["share"][1] < 0.05  # the dead one got its two failures, then nothing

@@ -72,8 +72,11 @@ lint: $(STAMP)  ## ruff over the package and the tests
 # Each lesson runs twice in `make test`, both in the autograde round trip
 # (tests/course/test_pipeline.py): the source, whose run also proves every solution cell
 # runs, and the untouched release. nbval runs the solutions on their own in test-full.
+# The helpers' tests assert behaviour, never timings, so they run on two workers; the
+# lessons measure, so they run alone.
 test: setup lint  ## every check: unit tests, every lesson executed and autograded, grading
-	COURSE_PROFILE=quick $(BIN)/python -m pytest tests -p no:cacheprovider
+	COURSE_PROFILE=quick $(BIN)/python -m pytest tests/helpers -n 2 -p no:cacheprovider
+	COURSE_PROFILE=quick $(BIN)/python -m pytest tests/course -p no:cacheprovider
 
 test-full: setup  ## every solution executed in the full profile students get (slow; before a release)
 	COURSE_PROFILE=full $(BIN)/python -m pytest solutions --durations=0 \

@@ -6,7 +6,9 @@ exercise, its experiment, its graded tests, hidden ones included) from the sourc
 with the answer cell replaced by one from ``tests/course/answers/<lesson>/``, in a real
 kernel under the quick profile — the graded tests measure the answer in the real server
 or batcher, as autograding does. The answers of one exercise share a kernel and one run of
-the set-up (what costs most), each starting from the names the set-up left.
+the set-up (what costs most), each starting from the names the set-up left. A wrong answer
+runs only up to the last graded test it must fail; comments in ``EXPECTED`` say which
+measured grades a bug slips past.
 """
 
 from __future__ import annotations
@@ -171,16 +173,25 @@ def graded_failures(lesson: str, exercise: str, answers: list[str],
         return {"cell_type": "code", "id": cell_id, "metadata": {}, "outputs": [],
                 "execution_count": None, "source": text}
 
+    def grade_id(cell_id: str) -> str:
+        return by_id[cell_id].get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+
     cells = [dict(by_id[i]) for i in wanted[:split]] + [code("snapshot", SNAPSHOT)]
     owners: list[str | None] = [None] * len(cells)
     for n, answer in enumerate(answers):
         cells.append(code(f"restore-{n}", RESTORE))
-        for cell_id in per_answer:
+        # A wrong answer runs up to the last graded test it must fail: what comes after
+        # (an experiment its unit tests already failed it on) would only cost time. A
+        # full-marks answer runs everything.
+        must_fail = EXPECTED[lesson, exercise, answer]
+        ran = per_answer if not must_fail else per_answer[:1 + max(
+            i for i, cell_id in enumerate(per_answer) if grade_id(cell_id) in must_fail)]
+        for cell_id in ran:
             cell = {**by_id[cell_id], "id": f"{cell_id}-{n}"}
             if cell_id == answer_id:
                 cell["source"] = (ANSWERS / lesson / f"{answer}.py").read_text()
             cells.append(cell)
-        owners += [answer] * (1 + len(per_answer))
+        owners += [answer] * (1 + len(ran))
     cells += [dict(by_id[i]) for i in wanted if i in teardown]
     owners += [None] * (len(cells) - len(owners))
 

@@ -21,7 +21,8 @@ async stream of tokens.
 - **Shutdown**: no new requests (503); what was admitted finishes within the grace period;
   whatever is left then gets a 503.
 
-``GenerationServices`` makes one service per served version, on its first request.
+``GenerationServices`` makes one service per served generative version: at the server's
+start-up for the versions it loads then, on first use for one loaded later.
 """
 
 from __future__ import annotations
@@ -320,6 +321,13 @@ class GenerationServices:
             self._retire(held[1])
         self._services[key] = (served, service)
         return service
+
+    def start(self, served_versions) -> list[GenerationService]:
+        """Make the services of the generative versions among ``served_versions`` now (the
+        server does at start-up): the pool is sized from the memory free before traffic,
+        and the first request does not pay for the pool and the thread."""
+        return [self.for_version(served) for served in served_versions
+                if isinstance(getattr(served.model, "module", None), ToolLogGPT)]
 
     def _retire(self, service: GenerationService) -> None:
         self._retired.append(service)

@@ -204,6 +204,8 @@ def create_app(settings: ServerSettings | None = None, *, models: list[Any] = ()
         names = settings.models or (list_models(repository) if registry.repository else [])
         for name in names:
             await registry.load(name)  # loads and warms every version before "ready"
+        generation.start([registry.get(name, version) for name in registry.names()
+                          for version in registry.ready_versions(name)])  # pools before traffic
         registry.started = True
         for failed in registry.failed():
             log.error("%s v%s is not served: %s", failed.name, failed.version, failed.reason)

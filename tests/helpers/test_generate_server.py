@@ -76,6 +76,12 @@ def wait_for_gauge(client, name, value, tries=400):
     return False
 
 
+def test_the_service_exists_before_the_first_request(server):
+    (service,) = server.app.state.generation.current()  # made at start-up, pool and thread
+    assert service.alive and (service.name, service.version) == ("tool-log-lm", "1")
+    assert gauge(server, "generation_kv_blocks_total") == 64
+
+
 def test_generate_answers_what_the_model_makes_alone(server, model):
     response = server.post("/v2/models/tool-log-lm/generate", json={
         "id": "g1", "text_input": PROMPT, "parameters": {"max_tokens": 40}})

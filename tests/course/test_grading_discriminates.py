@@ -6,7 +6,8 @@ exercise, its experiment, its graded tests, hidden ones included) from the sourc
 with the answer cell replaced by one from ``tests/course/answers/<lesson>/``, in a real
 kernel under the quick profile — the graded tests measure the answer in the real server
 or batcher, as autograding does. The answers of one exercise share a kernel and one run of
-the set-up (what costs most), each starting from the names the set-up left. A wrong answer
+the set-up (what costs most), each starting from the names the set-up left; the exercises of
+one lesson share one kernel, so a set-up cell runs once per lesson. A wrong answer
 runs only up to the last graded test it must fail; comments in ``EXPECTED`` say which
 measured grades a bug slips past.
 """
@@ -154,20 +155,22 @@ for _name in [n for n in globals() if n not in _setup_names
 globals().update(_setup_names)"""
 
 
-def graded_failures(lesson: str, exercise: str, answers: list[str],
-                    workdir: Path) -> dict[str, tuple[list[str], list[str]]]:
-    """Run the scenario for each answer; per answer, (graded test cells that failed, other
-    cells that failed). A set-up cell that fails counts against every answer."""
+def graded_failures(lesson: str, answers: dict[str, list[str]],
+                    workdir: Path) -> dict[tuple[str, str], tuple[list[str], list[str]]]:
+    """Run every scenario of ``lesson`` (``answers``: exercise -> its answer files) in one
+    kernel; per (exercise, answer), (graded test cells that failed, other cells that failed).
+
+    Each exercise first runs the set-up cells it needs that have not run yet, then its
+    answers, each from the names its set-up left. A set-up cell that fails counts against
+    every answer of its exercise (and breaks those after it, which then fail too).
+    """
     import nbformat
     from nbclient import NotebookClient
 
     source = json.loads((ROOT / "assessments" / "source" / lesson / f"{lesson}.ipynb")
                         .read_text())
-    answer_id, wanted = SCENARIOS[lesson, exercise]
     by_id = {cell["id"]: cell for cell in source["cells"]}
-    split = wanted.index(answer_id)
     teardown = TEARDOWN.get(lesson, set())
-    per_answer = [i for i in wanted[split:] if i not in teardown]
 
     def code(cell_id: str, text: str) -> dict:
         return {"cell_type": "code", "id": cell_id, "metadata": {}, "outputs": [],
@@ -176,24 +179,41 @@ def graded_failures(lesson: str, exercise: str, answers: list[str],
     def grade_id(cell_id: str) -> str:
         return by_id[cell_id].get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
 
-    cells = [dict(by_id[i]) for i in wanted[:split]] + [code("snapshot", SNAPSHOT)]
-    owners: list[str | None] = [None] * len(cells)
-    for n, answer in enumerate(answers):
-        cells.append(code(f"restore-{n}", RESTORE))
-        # A wrong answer runs up to the last graded test it must fail: what comes after
-        # (an experiment its unit tests already failed it on) would only cost time. A
-        # full-marks answer runs everything.
-        must_fail = EXPECTED[lesson, exercise, answer]
-        ran = per_answer if not must_fail else per_answer[:1 + max(
-            i for i, cell_id in enumerate(per_answer) if grade_id(cell_id) in must_fail)]
-        for cell_id in ran:
-            cell = {**by_id[cell_id], "id": f"{cell_id}-{n}"}
-            if cell_id == answer_id:
-                cell["source"] = (ANSWERS / lesson / f"{answer}.py").read_text()
-            cells.append(cell)
-        owners += [answer] * (1 + len(ran))
-    cells += [dict(by_id[i]) for i in wanted if i in teardown]
-    owners += [None] * (len(cells) - len(owners))
+    cells: list[dict] = []
+    owners: list[list[tuple[str, str]]] = []  # whose grade each cell's failure costs
+    done: set[str] = set()
+    for exercise, names in answers.items():
+        answer_id, wanted = SCENARIOS[lesson, exercise]
+        split = wanted.index(answer_id)
+        every = [(exercise, answer) for answer in names]
+        if cells:  # back to the names the set-up left, before this exercise's own set-up
+            cells.append(code(f"restore-before-{exercise}", RESTORE))
+            owners.append(every)
+        for cell_id in wanted[:split]:
+            if cell_id not in done:
+                cells.append(dict(by_id[cell_id], id=f"{cell_id}-setup-{exercise}"))
+                owners.append(every)
+                done.add(cell_id)
+        cells.append(code(f"snapshot-{exercise}", SNAPSHOT))
+        owners.append(every)
+        per_answer = [i for i in wanted[split:] if i not in teardown]
+        for n, answer in enumerate(names):
+            cells.append(code(f"restore-{exercise}-{n}", RESTORE))
+            # A wrong answer runs up to the last graded test it must fail: what comes after
+            # (an experiment its unit tests already failed it on) would only cost time. A
+            # full-marks answer runs everything.
+            must_fail = EXPECTED[lesson, exercise, answer]
+            ran = per_answer if not must_fail else per_answer[:1 + max(
+                i for i, cell_id in enumerate(per_answer) if grade_id(cell_id) in must_fail)]
+            for cell_id in ran:
+                cell = {**by_id[cell_id], "id": f"{cell_id}-{exercise}-{n}"}
+                if cell_id == answer_id:
+                    cell["source"] = (ANSWERS / lesson / f"{answer}.py").read_text()
+                cells.append(cell)
+            owners += [[(exercise, answer)]] * (1 + len(ran))
+    for cell_id in sorted(teardown, key=list(by_id).index):
+        cells.append(dict(by_id[cell_id]))
+        owners.append([])
 
     nb = nbformat.reads(json.dumps({**source, "cells": cells}), as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
@@ -205,28 +225,31 @@ def graded_failures(lesson: str, exercise: str, answers: list[str],
     finally:
         os.environ.clear()
         os.environ.update(old)
-    results = {answer: ([], []) for answer in answers}
+    results = {(ex, a): ([], []) for ex, names in answers.items() for a in names}
     for cell, owner in zip(nb.cells, owners, strict=True):
         if not any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
             continue
-        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
-        for answer in ([owner] if owner else answers):
-            failed, broken = results[answer]
-            (failed if grade_id.endswith("-tests") else broken).append(grade_id or cell["id"])
+        graded = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+        for key in owner:
+            failed, broken = results[key]
+            (failed if graded.endswith("-tests") else broken).append(graded or cell["id"])
     return results
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    """(lesson, exercise) -> every answer's result, each scenario run once."""
+    """(lesson, exercise) -> every answer's result; a lesson's scenarios run once, together."""
     results = {}
 
     def score(lesson: str, exercise: str) -> dict[str, tuple[list[str], list[str]]]:
-        if (lesson, exercise) not in results:
-            answers = sorted(a for (le, ex, a) in EXPECTED if (le, ex) == (lesson, exercise))
-            results[lesson, exercise] = graded_failures(
-                lesson, exercise, answers, tmp_path_factory.mktemp(exercise))
-        return results[lesson, exercise]
+        if lesson not in results:
+            answers: dict[str, list[str]] = {}
+            for le, ex, answer in sorted(EXPECTED):
+                if le == lesson:
+                    answers.setdefault(ex, []).append(answer)
+            results[lesson] = graded_failures(lesson, answers, tmp_path_factory.mktemp(lesson))
+        return {answer: result for (ex, answer), result in results[lesson].items()
+                if ex == exercise}
     return score
 
 

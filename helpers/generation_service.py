@@ -91,7 +91,11 @@ class GenerationService:
         self.engine = GenerationEngine(model, n_blocks=n_blocks, max_running=max_running)
         self.tokenizer = ToolLogTokenizer()
         self.max_waiting, self.max_new_tokens = max_waiting, max_new_tokens
-        self.metrics = metrics
+        # this version's metric series, resolved once (not per token)
+        labels = {"model": name, "version": version}
+        self._first_token = metrics.time_to_first_token.labels(**labels) if metrics else None
+        self._between_tokens = metrics.inter_token_latency.labels(**labels) if metrics else None
+        self._tokens = metrics.generated_tokens.labels(**labels) if metrics else None
         self.stats = GenerationStats(total_blocks=n_blocks)
         self.closing = False
         # shared with the engine thread, under the condition
@@ -145,7 +149,6 @@ class GenerationService:
         deadline = loop.time() + timeout_s
         submitted = last = time.perf_counter()
         made, finished = 0, False
-        labels = {"model": self.name, "version": self.version}
         try:
             while not finished:
                 if made:  # streaming: max_new_tokens bounds the rest
@@ -164,11 +167,12 @@ class GenerationService:
                 now = time.perf_counter()
                 if made == 0:
                     self._not_started -= 1
-                if self.metrics is not None:
-                    (self.metrics.time_to_first_token if made == 0
-                     else self.metrics.inter_token_latency).labels(**labels).observe(
-                        now - (submitted if made == 0 else last))
-                    self.metrics.generated_tokens.labels(**labels).inc()
+                if self._tokens is not None:
+                    if made == 0:
+                        self._first_token.observe(now - submitted)
+                    else:
+                        self._between_tokens.observe(now - last)
+                    self._tokens.inc()
                 made, last = made + 1, now
                 yield token
         finally:
@@ -287,9 +291,15 @@ class GenerationService:
             pass
 
 
+def _generative(served: Any) -> ToolLogGPT | None:
+    """The language model a served version holds, or None if it does not generate."""
+    module = getattr(served.model, "module", None)
+    return module if isinstance(module, ToolLogGPT) else None
+
+
 class GenerationServices:
     """The server's generation services: one per served version of a generative model,
-    started on its first request (a server that never generates starts no thread)."""
+    made at start-up for the versions loaded then, on first use for those loaded later."""
 
     def __init__(self, *, max_running: int = 8, max_waiting: int = 64,
                  max_new_tokens: int = 128, kv_blocks: int = 0,
@@ -302,8 +312,8 @@ class GenerationServices:
 
     def for_version(self, served: Any) -> GenerationService:
         """The service of a served version (``ProtocolError`` 400 if it does not generate)."""
-        module = getattr(served.model, "module", None)
-        if not isinstance(module, ToolLogGPT):
+        module = _generative(served)
+        if module is None:
             raise ProtocolError(f"{served.name} is not a generative model: /generate serves a "
                                 "language model such as tool-log-lm; use /infer")
         key = (served.name, served.version)
@@ -327,7 +337,7 @@ class GenerationServices:
         server does at start-up): the pool is sized from the memory free before traffic,
         and the first request does not pay for the pool and the thread."""
         return [self.for_version(served) for served in served_versions
-                if isinstance(getattr(served.model, "module", None), ToolLogGPT)]
+                if _generative(served) is not None]
 
     def _retire(self, service: GenerationService) -> None:
         self._retired.append(service)

@@ -77,7 +77,7 @@ class ReplicaSet:
     # -- lifetime ---------------------------------------------------------------------------
     def __enter__(self) -> ReplicaSet:
         try:
-            self._start_all(range(len(self.replicas)))
+            self._start_all()
         except BaseException:
             self.close()
             raise
@@ -91,11 +91,11 @@ class ReplicaSet:
         with ThreadPoolExecutor(len(self.replicas)) as pool:
             list(pool.map(self._stop, self.replicas))
 
-    def _start_all(self, indices) -> None:
-        for i in indices:  # spawn all first, then wait for all: they load side by side
-            self._spawn(self.replicas[i])
+    def _start_all(self) -> None:
+        for replica in self.replicas:  # spawn all first, then wait: they load side by side
+            self._spawn(replica)
         with ThreadPoolExecutor(len(self.replicas)) as pool:
-            list(pool.map(self._wait, [self.replicas[i] for i in indices]))
+            list(pool.map(self._wait, self.replicas))
 
     def _spawn(self, replica: Replica) -> None:
         replica.server = start_server_process(*replica.args, *replica.extra, env=self.env,

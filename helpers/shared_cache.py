@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import redis
+import redis.asyncio
 
 from .cache import CacheStats
 
@@ -49,8 +51,6 @@ class RedisCache:
 
     def __init__(self, url: str, ttl_s: float = 60.0, prefix: str = "prediction:",
                  timeout_s: float = 0.5) -> None:
-        import redis.asyncio
-
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
         self.url, self.ttl_ms, self.prefix = url, max(1, int(ttl_s * 1000)), prefix
@@ -59,8 +59,6 @@ class RedisCache:
         self.stats = SharedCacheStats()
 
     async def alookup(self, key: str) -> tuple[bool, Any]:
-        import redis
-
         try:
             raw = await self.client.get(self.prefix + key)
         except (redis.RedisError, OSError):
@@ -80,8 +78,6 @@ class RedisCache:
         return True, value
 
     async def aput(self, key: str, value: Any) -> None:
-        import redis
-
         try:
             await self.client.set(self.prefix + key, _encode(value), px=self.ttl_ms)
         except (redis.RedisError, OSError):

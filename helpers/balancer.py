@@ -141,7 +141,6 @@ class PeakEwma:
             raise ValueError(f"tau_s must be positive, got {tau_s}")
         self.tau_s, self.clock = tau_s, clock
         self._estimate, self._stamp = 0.0, clock()
-        self.samples = 0
 
     def _decay(self, now: float) -> float:
         return math.exp(-max(now - self._stamp, 0.0) / self.tau_s)
@@ -156,7 +155,6 @@ class PeakEwma:
             weight = self._decay(now)
             self._estimate = self._estimate * weight + latency_s * (1 - weight)
         self._stamp = now
-        self.samples += 1
 
     @property
     def value(self) -> float:

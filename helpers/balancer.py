@@ -14,7 +14,7 @@ The decisions are pure and small, each testable without a socket or a clock:
 - ``RetryBudget``: retries may add at most a share of the requests plus a small floor, over a
   sliding window (Finagle's and Envoy's retry budgets), so retries cannot multiply an outage.
 
-``Balancer`` is the thin async part: it sends through a picker with httpx, keeps each
+``Balancer`` is the thin async part: it sends through a picker (over aiohttp, as `helpers.loadgen` does), keeps each
 replica's in-flight count and latency, feeds the detector and the budget, and is a
 ``helpers.loadgen`` sender.
 """
@@ -266,10 +266,13 @@ class Balancer:
 
     def __init__(self, urls: Sequence[str], picker, *, detector: OutlierDetector | None = None,
                  budget: RetryBudget | None = None, max_attempts: int = 3, tau_s: float = 10.0,
+                 latency_tracker: Callable[..., PeakEwma] = PeakEwma,
                  timeout_s: float = 30.0, connections: int = 1000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``max_attempts`` caps one request's tries (Envoy's ``num_retries`` + 1), whatever
-        the budget allows: a request never loops over dead replicas for ever."""
+        the budget allows: a request never loops over dead replicas for ever.
+        ``latency_tracker(tau_s, clock)`` makes each replica's latency estimate: anything
+        with ``observe(seconds)`` and ``value`` will do (lesson 06 plugs in yours)."""
         if not urls:
             raise ValueError("a balancer needs at least one replica")
         if max_attempts < 1:
@@ -277,9 +280,11 @@ class Balancer:
         self.picker, self.detector, self.budget = picker, detector, budget
         self.max_attempts = max_attempts
         self.timeout_s, self.connections, self.clock = timeout_s, connections, clock
-        self.replicas = {url.rstrip("/"): _Replica(url.rstrip("/"), PeakEwma(tau_s, clock))
+        self.replicas = {url.rstrip("/"): _Replica(url.rstrip("/"),
+                                                   latency_tracker(tau_s, clock))
                          for url in urls}
         self.requests = self.retries = 0
+        self._log: list[tuple[float, str, int, float]] = []  # (sent, replica, status, latency)
 
     async def __aenter__(self) -> Balancer:
         for replica in self.replicas.values():
@@ -322,14 +327,24 @@ class Balancer:
             status, error, version = await replica.sender(request)
         finally:
             replica.in_flight -= 1
+        latency = self.clock() - start
+        self._log.append((start, replica.url, status, latency))
         if status != 0:  # an answer, even an error, says how long this replica takes
-            replica.latency.observe(self.clock() - start)
+            replica.latency.observe(latency)
         if failed(status):
             replica.failures += 1
         if self.detector is not None and self.detector.record(replica.url, not failed(status),
                                                               list(self.replicas)):
             replica.ejections += 1
         return status, error, version
+
+    def attempt_log(self) -> pd.DataFrame:
+        """Every attempt, in the order they ended: ``sent_s`` (seconds since the first was
+        sent), ``replica``, ``status``, ``latency_ms`` — e.g. to plot who got traffic when."""
+        frame = pd.DataFrame(self._log, columns=["sent_s", "replica", "status", "latency_s"])
+        frame["sent_s"] -= frame["sent_s"].min() if len(frame) else 0.0
+        frame["latency_ms"] = frame.pop("latency_s") * 1000
+        return frame
 
     def stats(self) -> pd.DataFrame:
         """Per replica: attempts and their share, failures, ejections, latency estimate."""

@@ -204,3 +204,38 @@ def test_a_request_stops_after_max_attempts_whatever_the_budget():
                              max_attempts=3, clock=clock)
     assert [status for status, _, _ in run_requests(balancer, 5)] == [0] * 5
     assert balancer.retries == 10 and balancer.stats()["attempts"].sum() == 15
+
+
+def test_each_replica_gets_its_own_latency_tracker_from_the_factory_given():
+    made = []
+
+    class Fixed:  # a tracker that remembers every sample: proves the balancer feeds it
+        def __init__(self, tau_s, clock):
+            self.samples, self.tau_s = [], tau_s
+            made.append(self)
+
+        def observe(self, latency_s):
+            self.samples.append(latency_s)
+
+        @property
+        def value(self):
+            return 0.25
+
+    clock = Clock()
+    balancer = fake_balancer({"http://a": lambda r: 200, "http://b": lambda r: 503},
+                             latency_tracker=Fixed, tau_s=3.0, clock=clock)
+    run_requests(balancer, 4)
+    assert len(made) == 2 and {t.tau_s for t in made} == {3.0}
+    assert [len(t.samples) for t in made] == [2, 2]  # an error's latency counts too
+    assert list(balancer.stats()["latency estimate ms"]) == [250.0, 250.0]
+
+
+def test_the_attempt_log_records_every_try_with_its_replica_and_outcome():
+    clock = Clock()
+    balancer = fake_balancer({"http://a": lambda r: 0, "http://b": lambda r: 200},
+                             budget=RetryBudget(ratio=1.0, clock=clock), clock=clock)
+    run_requests(balancer, 2)  # each request fails on a, then is retried on b
+    log = balancer.attempt_log()
+    assert list(log.columns) == ["sent_s", "replica", "status", "latency_ms"]
+    assert list(log["replica"]) == ["http://a", "http://b", "http://a", "http://b"]
+    assert list(log["status"]) == [0, 200, 0, 200] and (log["sent_s"] == 0).all()

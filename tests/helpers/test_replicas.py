@@ -48,6 +48,15 @@ def test_replicas_start_in_parallel_break_on_purpose_and_always_stop(repo):
     assert all(p.poll() is not None for p in processes)  # nothing left running
 
 
+def test_some_replicas_can_start_with_arguments_of_their_own(repo):
+    args = ("--repository", str(repo), "--models", "mlp", "--workers", "1")
+    with pytest.raises(ValueError, match="replicas 0..1"):
+        ReplicaSet(2, *args, extra={2: ["--fault-delay-ms", "1"]})
+    with ReplicaSet(2, *args, extra={1: ["--fault-delay-ms", "1"]}) as replicas:
+        assert replicas.table()["extra args"].tolist() == ["", "--fault-delay-ms 1"]
+        assert all(infer(url) == 200 for url in replicas.urls)
+
+
 def test_the_balancer_routes_around_a_killed_replica(repo):
     args = ("--repository", str(repo), "--models", "mlp", "--workers", "1")
     make = v2_request("mlp", np.zeros((4, 8), np.float32))

@@ -14,7 +14,7 @@ The decisions are pure and small, each testable without a socket or a clock:
 - ``RetryBudget``: retries may add at most a share of the requests plus a small floor, over a
   sliding window (Finagle's and Envoy's retry budgets), so retries cannot multiply an outage.
 
-``Balancer`` is the thin async part: it sends through a picker (over aiohttp, as `helpers.loadgen` does), keeps each
+``Balancer`` is the thin async part: it sends through a picker over aiohttp, keeps each
 replica's in-flight count and latency, feeds the detector and the budget, and is a
 ``helpers.loadgen`` sender.
 """

@@ -18,14 +18,12 @@ import asyncio
 import json
 import random
 import sys
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from helpers import data, training  # noqa: E402
 from helpers.balancer import (  # noqa: E402
-    Balancer,
     LeastOutstanding,
     OutlierDetector,
     PeakEwmaP2C,
@@ -33,8 +31,9 @@ from helpers.balancer import (  # noqa: E402
     RandomPick,
     RetryBudget,
     RoundRobin,
+    drive,
 )
-from helpers.loadgen import open_loop, v2_request  # noqa: E402
+from helpers.loadgen import v2_request  # noqa: E402
 from helpers.replicas import ReplicaSet  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -42,23 +41,16 @@ REPLICA_ARGS = ("--models", "wafer-mlp", "--workers", "1", "--torch-threads", "1
 RATE_PER_S, SECONDS, SLOW_MS = 150, 8.0, 20
 
 
-def run(urls, picker, make, *, seconds=SECONDS, during=None, **balancer_args) -> dict:
-    """One open-loop run through a fresh balancer; ``during(loop)`` schedules faults."""
-    async def go():
-        async with Balancer(urls, picker, timeout_s=10, **balancer_args) as balancer:
-            if during is not None:
-                during(asyncio.get_running_loop())
-            result = await open_loop(None, make, rate_per_s=RATE_PER_S, duration_s=seconds,
-                                     warmup_s=1.0, send=balancer, progress=False)
-            return result, balancer
-    result, balancer = asyncio.run(go())
-    summary = result.summary()
-    measured = result.measured
-    return {"p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
-            "requests": int(len(measured)), "errors": int((measured["status"] != 200).sum()),
-            "retries": balancer.retries, "attempts": int(balancer.stats()["attempts"].sum()),
-            "share": [round(s, 3) for s in balancer.stats()["share"]],
-            "ejections": int(balancer.stats()["ejections"].sum())}
+def run(urls, picker, make, *, seconds=SECONDS, faults=(), **balancer_args) -> dict:
+    """One open-loop run through a fresh balancer; ``faults``: ``(at_s, action)`` pairs."""
+    measured = asyncio.run(drive(urls, picker, make, rate_per_s=RATE_PER_S, seconds=seconds,
+                                 warmup_s=1.0, faults=faults, timeout_s=10, **balancer_args))
+    summary, stats = measured.summary(), measured.balancer.stats()
+    return {"p50_ms": summary["p50 ms"], "p99_ms": summary["p99 ms"],
+            "requests": summary["requests"], "errors": summary["errors"],
+            "retries": summary["retries"], "attempts": int(stats["attempts"].sum()),
+            "share": [round(s, 3) for s in stats["share"]],
+            "ejections": int(stats["ejections"].sum())}
 
 
 def main() -> dict:
@@ -83,12 +75,8 @@ def main() -> dict:
                                   "budget": RetryBudget(ratio=0.1, min_retries=5)})]:
             if not replicas[2].alive:
                 replicas.restart(2)
-
-            def kill_later(loop):
-                loop.call_later(SECONDS / 3, threading.Thread(target=replicas.kill,
-                                                              args=(2,)).start)
             killed[label] = run(replicas.urls, PowerOfTwo(random.Random(0)), make,
-                                during=kill_later, **guards)
+                                faults=[(SECONDS / 3, lambda: replicas.kill(2))], **guards)
         results["killed replica"] = killed
 
     RESULTS.mkdir(parents=True, exist_ok=True)

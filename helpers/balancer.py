@@ -21,6 +21,7 @@ replica's in-flight count and latency, feeds the detector and the budget, and is
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -30,10 +31,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .loadgen import HTTPSender, Request
+from .loadgen import HTTPSender, LoadResult, Request, open_loop
 
 __all__ = ["Candidate", "RoundRobin", "RandomPick", "LeastOutstanding", "PowerOfTwo",
-           "PeakEwmaP2C", "PeakEwma", "OutlierDetector", "RetryBudget", "Balancer"]
+           "PeakEwmaP2C", "PeakEwma", "OutlierDetector", "RetryBudget", "Balancer",
+           "BalancedRun", "drive"]
 
 
 @dataclass(frozen=True)
@@ -355,3 +357,54 @@ class Balancer:
             "failures": r.failures, "ejections": r.ejections, "ejected now": r.url in ejected,
             "latency estimate ms": r.latency.value * 1000} for r in self.replicas.values()]
         ).set_index("replica")
+
+
+# -- one measured run through a balancer -----------------------------------------------------
+@dataclass
+class BalancedRun:
+    """What one open-loop run through a balancer measured: the load generator's result and
+    the balancer that carried it (its per-replica stats and attempt log)."""
+
+    result: LoadResult
+    balancer: Balancer
+
+    def summary(self) -> dict:
+        """p50 and p99 (every request, errors too), errors and retries as shares of the
+        requests, and each replica's share of the attempts."""
+        measured, s = self.result.measured, self.result.summary()
+        requests = max(len(measured), 1)
+        errors = int((measured["status"] != 200).sum())
+        row = {"p50 ms": s.get("p50_ms", math.nan), "p99 ms": s.get("p99_ms", math.nan),
+               "requests": len(measured), "errors": errors, "error share": errors / requests,
+               "retries": self.balancer.retries,
+               "retry share": self.balancer.retries / max(self.balancer.requests, 1)}
+        for i, share in enumerate(self.balancer.stats()["share"]):
+            row[f"share {i}"] = share
+        return row
+
+
+async def drive(urls: Sequence[str], picker, make_request: Callable[[int], Request], *,
+                rate_per_s: float, seconds: float, warmup_s: float = 0.5,
+                faults: Sequence[tuple[float, Callable[[], object]]] = (),
+                **balancer_args) -> BalancedRun:
+    """Send open-loop traffic (``helpers.loadgen``) through a fresh ``Balancer(urls, picker,
+    **balancer_args)`` for ``warmup_s + seconds``.
+
+    ``faults`` are ``(at_s, action)`` pairs: each action (e.g. ``lambda: replicas.kill(2)``)
+    runs ``at_s`` seconds into the run, in a thread, so a slow one cannot stall the sending.
+    """
+    async with Balancer(urls, picker, **balancer_args) as balancer:
+        loop = asyncio.get_running_loop()
+        pending: list[asyncio.Future] = []
+        timers = [loop.call_later(at_s, lambda act=action: pending.append(
+            loop.run_in_executor(None, act))) for at_s, action in faults]
+        try:
+            result = await open_loop(None, make_request, rate_per_s=rate_per_s,
+                                     duration_s=warmup_s + seconds, warmup_s=warmup_s,
+                                     send=balancer, timeout_s=balancer.timeout_s,
+                                     progress=False)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            await asyncio.gather(*pending)  # an action that raised raises here
+    return BalancedRun(result, balancer)

@@ -239,3 +239,33 @@ def test_the_attempt_log_records_every_try_with_its_replica_and_outcome():
     assert list(log.columns) == ["sent_s", "replica", "status", "latency_ms"]
     assert list(log["replica"]) == ["http://a", "http://b", "http://a", "http://b"]
     assert list(log["status"]) == [0, 200, 0, 200] and (log["sent_s"] == 0).all()
+
+
+def test_drive_runs_faults_on_time_and_sums_up_the_run():
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from serving_fixtures import SlowModel
+
+    from helpers.balancer import drive
+    from helpers.loadgen import v2_request
+    from helpers.server import ServerSettings, create_app
+    from helpers.serving import free_port, serve_in_thread
+
+    app = create_app(ServerSettings(repository=Path("/nonexistent")),
+                     models=[SlowModel("wafer-mlp", delay_s=0)])
+    make = v2_request("wafer-mlp", np.zeros((4, 8), np.float32))
+    fired = []
+    with serve_in_thread(app) as url:
+        dead = f"http://127.0.0.1:{free_port()}"
+        run = asyncio.run(drive([url, dead], RoundRobin(), make, rate_per_s=100, seconds=1.0,
+                                warmup_s=0.2, faults=[(0.5, lambda: fired.append(1))]))
+    assert fired == [1]  # the fault ran once, within the run
+    summary = run.summary()
+    assert summary["requests"] == len(run.result.measured) > 50  # warm-up excluded
+    assert summary["share 0"] == pytest.approx(0.5, abs=0.01)  # round robin over both
+    assert 0.4 < summary["error share"] < 0.6 and summary["retries"] == 0
+    assert set(run.balancer.attempt_log()["status"]) == {0, 200}

@@ -27,7 +27,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -44,7 +44,8 @@ class Candidate:
 
     name: str
     in_flight: int = 0
-    latency_s: float = 0.0  # the replica's latency estimate (PeakEwma), 0 when unknown
+    latency_s: float = 0.0  # its latency estimate (PeakEwma, or its oldest unanswered
+    #                         request's wait if longer), 0 when unknown
 
     @property
     def cost(self) -> float:
@@ -251,10 +252,23 @@ class _Replica:
     url: str
     latency: PeakEwma
     sender: HTTPSender | None = None
-    in_flight: int = 0
+    sent_at: dict[int, float] = field(default_factory=dict)  # in flight: attempt -> sent
     attempts: int = 0
     failures: int = 0
     ejections: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.sent_at)
+
+    def latency_s(self, now: float) -> float:
+        """The estimate, but never below the wait of its oldest unanswered request: that one
+        is a sample still coming in. A replica that stalls stops answering, so its estimate
+        gets no new sample — and would decay towards zero, drawing *more* traffic — while
+        its unanswered requests grow older (Finagle gives an idle-looking replica with
+        requests outstanding a penalty for the same reason)."""
+        oldest = min(self.sent_at.values(), default=now)
+        return max(self.latency.value, now - oldest)
 
 
 class Balancer:
@@ -304,7 +318,8 @@ class Balancer:
         names = list(self.replicas)
         allowed = self.detector.available(names) if self.detector else names
         allowed = [n for n in allowed if n not in exclude] or allowed  # retry elsewhere if any
-        return [Candidate(n, self.replicas[n].in_flight, self.replicas[n].latency.value)
+        now = self.clock()
+        return [Candidate(n, self.replicas[n].in_flight, self.replicas[n].latency_s(now))
                 for n in allowed]
 
     async def __call__(self, request: Request) -> tuple[int, str, str]:
@@ -322,13 +337,13 @@ class Balancer:
             self.retries += 1
 
     async def _send(self, replica: _Replica, request: Request) -> tuple[int, str, str]:
-        replica.in_flight += 1
         replica.attempts += 1
-        start = self.clock()
+        attempt, start = replica.attempts, self.clock()
+        replica.sent_at[attempt] = start
         try:
             status, error, version = await replica.sender(request)
         finally:
-            replica.in_flight -= 1
+            del replica.sent_at[attempt]
         latency = self.clock() - start
         self._log.append((start, replica.url, status, latency))
         if status != 0:  # an answer, even an error, says how long this replica takes

@@ -52,6 +52,15 @@ SCENARIOS = {
         "cell-002", "cell-014", "cell-016", "cell-017", "cell-019", "cell-020"]),
     ("05_kv_cache", "scheduler"): ("cell-024", [
         "cell-002", "cell-014", "cell-022", "cell-024", "cell-025", "cell-027", "cell-028"]),
+    ("06_load_balancing", "p2c"): ("cell-p2c-solution", [
+        "cell-002", "cell-004", "cell-006", "cell-p2c-solution", "cell-p2c-tests", "cell-p2c-run",
+        "cell-p2c-run-tests"]),
+    ("06_load_balancing", "ewma"): ("cell-ewma-solution", [
+        "cell-002", "cell-ewma-restart", "cell-ewma-solution", "cell-ewma-tests",
+        "cell-ewma-run", "cell-ewma-run-tests"]),
+    ("06_load_balancing", "budget"): ("cell-budget-solution", [
+        "cell-002", "cell-010", "cell-budget-solution", "cell-budget-tests", "cell-budget-run",
+        "cell-budget-run-tests"]),
 }
 # (lesson, exercise, answer file) -> the graded test cells it must fail; [] means full marks
 EXPECTED = {
@@ -134,6 +143,26 @@ EXPECTED = {
     ("05_kv_cache", "scheduler", "scheduler_overtakes"): ["05_kv_cache-scheduler-tests"],
     ("05_kv_cache", "scheduler", "scheduler_evicts_oldest"): ["05_kv_cache-scheduler-tests"],
     ("05_kv_cache", "scheduler", "scheduler_ignores_limit"): ["05_kv_cache-scheduler-tests"],
+    ("06_load_balancing", "p2c", "p2c_other_style"): [],
+    # samples with replacement: the same replica twice sends the slow one 1/9 whatever its load
+    ("06_load_balancing", "p2c", "p2c_same_twice"): [
+        "06_load_balancing-p2c-tests", "06_load_balancing-p2c-run-tests"],
+    ("06_load_balancing", "p2c", "p2c_more_loaded"): [
+        "06_load_balancing-p2c-tests", "06_load_balancing-p2c-run-tests"],
+    # never uses replica 2, the slow one: its p99 looks fine, the tie test catches it
+    ("06_load_balancing", "p2c", "p2c_first_two"): ["06_load_balancing-p2c-tests"],
+    ("06_load_balancing", "ewma", "ewma_other_style"): [],
+    ("06_load_balancing", "ewma", "ewma_never_decays"): [
+        "06_load_balancing-ewma-tests", "06_load_balancing-ewma-run-tests"],
+    # still decays between samples, so traffic comes back: only the unit tests see them
+    ("06_load_balancing", "ewma", "ewma_weight_inverted"): ["06_load_balancing-ewma-tests"],
+    ("06_load_balancing", "ewma", "ewma_no_peak"): ["06_load_balancing-ewma-tests"],
+    ("06_load_balancing", "budget", "budget_other_style"): [],
+    ("06_load_balancing", "budget", "budget_unbounded"): [
+        "06_load_balancing-budget-tests", "06_load_balancing-budget-run-tests"],
+    # within one short run these behave like a budget: only the unit tests see them
+    ("06_load_balancing", "budget", "budget_no_window"): ["06_load_balancing-budget-tests"],
+    ("06_load_balancing", "budget", "budget_counts_refused"): ["06_load_balancing-budget-tests"],
 }
 
 pytestmark = pytest.mark.slow
@@ -141,7 +170,7 @@ pytestmark = pytest.mark.slow
 
 # Per lesson, the cells that stop what its set-up started (lesson 02's server): run once,
 # after every answer of the scenario.
-TEARDOWN = {"02_model_server": {"cell-028"}}
+TEARDOWN = {"02_model_server": {"cell-028"}, "06_load_balancing": {"cell-018"}}
 
 # Every answer of a scenario runs in one kernel, after one run of the set-up: the kernel's
 # names are put back as the set-up left them before each answer, so nothing one answer
@@ -182,7 +211,11 @@ def graded_failures(lesson: str, answers: dict[str, list[str]],
     cells: list[dict] = []
     owners: list[list[tuple[str, str]]] = []  # whose grade each cell's failure costs
     done: set[str] = set()
-    for exercise, names in answers.items():
+    # In the order students meet them: an exercise's set-up may change what later ones
+    # measure (lesson 06 restarts the replica the earlier exercises find slow).
+    in_order = sorted(answers.items(), key=lambda item: list(by_id).index(
+        SCENARIOS[lesson, item[0]][0]))
+    for exercise, names in in_order:
         answer_id, wanted = SCENARIOS[lesson, exercise]
         split = wanted.index(answer_id)
         every = [(exercise, answer) for answer in names]

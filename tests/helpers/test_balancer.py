@@ -269,3 +269,32 @@ def test_drive_runs_faults_on_time_and_sums_up_the_run():
     assert summary["share 0"] == pytest.approx(0.5, abs=0.01)  # round robin over both
     assert 0.4 < summary["error share"] < 0.6 and summary["retries"] == 0
     assert set(run.balancer.attempt_log()["status"]) == {0, 200}
+
+
+def test_a_replica_that_stops_answering_looks_as_slow_as_its_oldest_request_has_waited():
+    from helpers.loadgen import Request
+
+    clock = Clock()
+    balancer = fake_balancer({"http://a": lambda r: 200, "http://b": lambda r: 200},
+                             tau_s=0.1, clock=clock)
+    stalled = asyncio.Event()
+
+    async def frozen(request):
+        await stalled.wait()
+        return 200, "", "1"
+    balancer.replicas["http://b"].sender = frozen
+
+    async def go():
+        await balancer(Request("POST", "/"))  # a, answered at once: its estimate stays 0
+        hanging = [asyncio.ensure_future(balancer(Request("POST", "/"))) for _ in range(2)]
+        for _ in range(3):  # b and a again: a answers, b does not
+            await asyncio.sleep(0)
+        clock.now += 2.0       # long enough for b's estimate to decay to nothing
+        seen = {c.name: c for c in balancer.candidates()}
+        stalled.set()
+        await asyncio.gather(*hanging)
+        return seen
+    seen = asyncio.run(go())
+    assert seen["http://b"].in_flight == 1 and seen["http://b"].latency_s == 2.0
+    assert seen["http://a"].latency_s == 0.0
+    assert balancer.replicas["http://b"].in_flight == 0  # answered: nothing left in flight

@@ -1,0 +1,22 @@
+import math
+import time
+
+
+class MyPeakEwma:
+    """A plain time-weighted EWMA: a slow sample is averaged in, not taken at once."""
+
+    def __init__(self, tau_s, clock=time.monotonic):
+        self.tau_s = tau_s
+        self.clock = clock
+        self.estimate = 0.0
+        self.stamp = clock()
+
+    def observe(self, latency_s):
+        now = self.clock()
+        weight = math.exp(-(now - self.stamp) / self.tau_s)
+        self.estimate = self.estimate * weight + latency_s * (1 - weight)
+        self.stamp = now
+
+    @property
+    def value(self):
+        return self.estimate * math.exp(-(self.clock() - self.stamp) / self.tau_s)

@@ -4,9 +4,9 @@ The decisions are pure and small, each testable without a socket or a clock:
 
 - **Pickers** choose a replica from ``Candidate`` snapshots (name, requests in flight, a
   latency estimate): ``RoundRobin``, ``RandomPick``, ``LeastOutstanding``, ``PowerOfTwo``
-  (two distinct replicas at random, the less loaded wins — Mitzenmacher's "power of two
-  choices", Ray Serve's and Envoy's default), and ``PeakEwmaP2C`` (the same two choices,
-  judged by latency × load, as Linkerd and Finagle do).
+  (two distinct replicas at random, the less loaded wins — the "power of two choices" of
+  Ray Serve's router and Envoy's ``LEAST_REQUEST``), and ``PeakEwmaP2C`` (the same two
+  choices, judged by latency × load, as Linkerd and Finagle do).
 - ``PeakEwma``: a latency estimate that **jumps up** at once on a slow sample and **decays**
   back over ``tau_s`` — pessimistic when a replica slows down, forgiving when it recovers.
 - ``OutlierDetector``: eject a replica after N consecutive failures for a while, then let it

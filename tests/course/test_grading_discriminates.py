@@ -160,6 +160,9 @@ EXPECTED = {
     ("06_load_balancing", "budget", "budget_other_style"): [],
     ("06_load_balancing", "budget", "budget_unbounded"): [
         "06_load_balancing-budget-tests", "06_load_balancing-budget-run-tests"],
+    # no retry storm, but the kill's failures reach the clients (ejection alone leaves a few)
+    ("06_load_balancing", "budget", "budget_never_retries"): [
+        "06_load_balancing-budget-tests", "06_load_balancing-budget-run-tests"],
     # within one short run these behave like a budget: only the unit tests see them
     ("06_load_balancing", "budget", "budget_no_window"): ["06_load_balancing-budget-tests"],
     ("06_load_balancing", "budget", "budget_counts_refused"): ["06_load_balancing-budget-tests"],

@@ -123,6 +123,7 @@ class FrontDoor:
                               {"Retry-After": "1"})
             return await response(scope, receive, send)
         self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
         start, status = time.perf_counter(), 500
 
         async def watch_status(message):
@@ -135,6 +136,7 @@ class FrontDoor:
             await self.app(scope, receive, watch_status)
         finally:
             self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
             # Set by the route once it knows the model (request.state); inference routes
             # that fail before that count as unresolved.
             served = scope.get("state", {}).get("served")

@@ -261,10 +261,15 @@ class ServingMetrics:
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
         labels = ["model", "version"]
+        # What an autoscaler reads (Knative's concurrency, Ray Serve's ongoing requests):
+        # requests being handled now, health checks and scrapes not counted.
+        self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being handled now "
+                               "(health checks and metrics scrapes excluded)",
+                               registry=self.registry)
         self.requests = Counter("inference_requests", "Inference requests answered",
                                 [*labels, "code"], registry=self.registry)
         self.failures = Counter("inference_request_failures", "Inference requests that failed",

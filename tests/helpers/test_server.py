@@ -359,6 +359,9 @@ def test_requests_over_the_in_flight_limit_are_shed_at_the_door():
                for r in responses if r.status_code == 503)
     assert [p.status_code for p in probes] == [200, 200, 200]
     assert 'inference_requests_total{code="503",model="_unresolved",version=""} 7.0' in metrics
+    # what an autoscaler reads: 3 held inside while the door was full, none once answered
+    assert "http_requests_in_flight 3.0" in probes[2].text
+    assert "http_requests_in_flight 0.0" in metrics
 
 
 def test_a_model_that_fails_to_load_is_reported_at_once(tmp_path):

@@ -247,12 +247,20 @@ def failed(status: int) -> bool:
     return status == 0 or status >= 500
 
 
+async def _close(sender) -> None:
+    """Close a sender's connections (an ``HTTPSender``; a plain function has none)."""
+    close = getattr(sender, "__aexit__", None)
+    if close is not None:
+        await close(None, None, None)
+
+
 @dataclass
 class _Replica:
     url: str
     latency: PeakEwma
     sender: HTTPSender | None = None
     sent_at: dict[int, float] = field(default_factory=dict)  # in flight: attempt -> sent
+    serving: bool = True  # False once removed: no new requests
     attempts: int = 0
     failures: int = 0
     ejections: int = 0
@@ -296,8 +304,8 @@ class Balancer:
         self.picker, self.detector, self.budget = picker, detector, budget
         self.max_attempts = max_attempts
         self.timeout_s, self.connections, self.clock = timeout_s, connections, clock
-        self.replicas = {url.rstrip("/"): _Replica(url.rstrip("/"),
-                                                   latency_tracker(tau_s, clock))
+        self._new_tracker = lambda: latency_tracker(tau_s, clock)
+        self.replicas = {url.rstrip("/"): _Replica(url.rstrip("/"), self._new_tracker())
                          for url in urls}
         self.requests = self.retries = 0
         self._log: list[tuple[float, str, int, float]] = []  # (sent, replica, status, latency)
@@ -311,11 +319,36 @@ class Balancer:
     async def __aexit__(self, *exc: object) -> None:
         for replica in self.replicas.values():
             if replica.sender is not None:
-                await replica.sender.__aexit__(*exc)
+                await _close(replica.sender)
+
+    @property
+    def serving(self) -> list[str]:
+        """The replicas that take new requests (added, not removed)."""
+        return [name for name, replica in self.replicas.items() if replica.serving]
+
+    async def add(self, url: str) -> None:
+        """Send to ``url`` from now on (a replica the autoscaler started)."""
+        url = url.rstrip("/")
+        replica = self.replicas.setdefault(url, _Replica(url, self._new_tracker()))
+        if replica.sender is None:
+            replica.sender = await HTTPSender(url, self.connections, self.timeout_s).__aenter__()
+        replica.serving = True
+
+    async def remove(self, url: str, drain_timeout_s: float = 30.0) -> None:
+        """Stop sending new requests to ``url``, wait for its requests in flight to come back
+        (or ``drain_timeout_s``), then close its connections. Its stats stay."""
+        replica = self.replicas[url.rstrip("/")]
+        replica.serving = False
+        deadline = self.clock() + drain_timeout_s
+        while replica.in_flight and self.clock() < deadline:
+            await asyncio.sleep(0.01)
+        if replica.sender is not None and not replica.in_flight:
+            await _close(replica.sender)
+            replica.sender = None
 
     def candidates(self, exclude: set[str] = frozenset()) -> list[Candidate]:
         """Snapshots of the replicas a request may go to now."""
-        names = list(self.replicas)
+        names = self.serving
         allowed = self.detector.available(names) if self.detector else names
         allowed = [n for n in allowed if n not in exclude] or allowed  # retry elsewhere if any
         now = self.clock()
@@ -351,7 +384,7 @@ class Balancer:
         if failed(status):
             replica.failures += 1
         if self.detector is not None and self.detector.record(replica.url, not failed(status),
-                                                              list(self.replicas)):
+                                                              self.serving):
             replica.ejections += 1
         return status, error, version
 
@@ -370,6 +403,7 @@ class Balancer:
         return pd.DataFrame([{
             "replica": r.url, "attempts": r.attempts, "share": r.attempts / total,
             "failures": r.failures, "ejections": r.ejections, "ejected now": r.url in ejected,
+            "serving": r.serving,
             "latency estimate ms": r.latency.value * 1000} for r in self.replicas.values()]
         ).set_index("replica")
 

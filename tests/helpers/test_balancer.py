@@ -298,3 +298,44 @@ def test_a_replica_that_stops_answering_looks_as_slow_as_its_oldest_request_has_
     assert seen["http://b"].in_flight == 1 and seen["http://b"].latency_s == 2.0
     assert seen["http://a"].latency_s == 0.0
     assert balancer.replicas["http://b"].in_flight == 0  # answered: nothing left in flight
+
+
+def test_a_removed_replica_drains_then_gets_nothing_and_can_come_back():
+    from helpers.loadgen import Request
+
+    clock = Clock()
+    balancer = fake_balancer({"http://a": lambda r: 200, "http://b": lambda r: 200},
+                             clock=clock)
+    release = asyncio.Event()
+
+    async def held(request):
+        await release.wait()
+        return 200, "", "1"
+    balancer.replicas["http://b"].sender = held
+
+    async def go():
+        first = [asyncio.ensure_future(balancer(Request("POST", "/"))) for _ in range(2)]
+        await asyncio.sleep(0)  # round robin: one to a, one held at b
+        removing = asyncio.ensure_future(balancer.remove("http://b"))
+        await asyncio.sleep(0.05)
+        assert not removing.done(), "remove must wait for b's request in flight"
+        assert balancer.serving == ["http://a"]
+        during = [await balancer(Request("POST", "/")) for _ in range(4)]
+        release.set()
+        await removing
+        await asyncio.gather(*first)
+        return during
+    during = asyncio.run(go())
+    assert [s for s, _, _ in during] == [200] * 4
+    stats = balancer.stats()
+    assert stats.loc["http://b", "attempts"] == 1 and not stats.loc["http://b", "serving"]
+    assert balancer.replicas["http://b"].sender is None  # its connections closed
+
+    async def back():
+        await balancer.add("http://b")
+        balancer.replicas["http://b"].sender = held
+        await balancer.add("http://c")  # a new one, with a fresh latency estimate
+        await balancer.replicas["http://c"].sender.__aexit__(None, None, None)
+    asyncio.run(back())
+    assert balancer.serving == ["http://a", "http://b", "http://c"]
+    assert balancer.replicas["http://c"].latency.value == 0

@@ -11,6 +11,7 @@ answer), ``pause(i, s)`` (SIGSTOP for ``s`` seconds: a stalled host that recover
 ``stop(i)`` (SIGTERM: a graceful drain) and ``restart(i, *extra)`` on the same port,
 e.g. with ``--fault-delay-ms 2`` to make one replica slow, as a noisy neighbour would.
 ``table()`` records each replica's start-up time (spawn to ready) and memory (RSS).
+``add()`` starts one more (scaling up); ``stop(i)`` drains one (scaling down).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class ReplicaSet:
         if not set(extra) <= set(range(n)):
             raise ValueError(f"extra names replicas {sorted(set(extra) - set(range(n)))}, "
                              f"but the set has replicas 0..{n - 1}")
-        self.env, self.timeout_s = env, timeout_s
+        self.env, self.timeout_s, self.args = env, timeout_s, tuple(args)
         self.replicas = [Replica(f"replica-{i}", free_port(), tuple(args),
                                  tuple(extra.get(i, ()))) for i in range(n)]
 
@@ -182,6 +183,16 @@ class ReplicaSet:
     def stop(self, i: int) -> None:
         """SIGTERM replica ``i`` and wait: it drains what it admitted, then exits."""
         self._stop(self.replicas[i])
+
+    def add(self, *extra: str) -> int:
+        """Start one more replica with the set's arguments (plus ``extra``) on a free port;
+        waits until it is ready and returns its index — what scaling up does, start-up
+        included."""
+        replica = Replica(f"replica-{len(self.replicas)}", free_port(), self.args, tuple(extra))
+        self.replicas.append(replica)
+        self._spawn(replica)
+        self._wait(replica)
+        return len(self.replicas) - 1
 
     def restart(self, i: int, *extra: str) -> None:
         """Stop replica ``i`` (if running) and start it again on its port, with its

@@ -34,8 +34,8 @@ import pandas as pd
 
 from .metrics import LatencyRecorder
 
-__all__ = ["Request", "Sender", "HTTPSender", "arrival_times", "open_loop", "closed_loop",
-           "LoadResult", "v2_request"]
+__all__ = ["Request", "Sender", "HTTPSender", "arrival_times", "open_loop", "replay",
+           "closed_loop", "LoadResult", "v2_request"]
 
 
 @dataclass(frozen=True)
@@ -187,14 +187,30 @@ async def open_loop(url: str | None, make_request: Callable[[int], Request], *,
 
     ``send`` replaces the HTTP client (tests pass a fake server); ``url`` is then unused.
     """
+    schedule = arrival_times(rate_per_s, duration_s, arrivals, seed)
+    return await replay(url, make_request, schedule, duration_s=duration_s, warmup_s=warmup_s,
+                        max_connections=max_connections, timeout_s=timeout_s, send=send,
+                        progress=progress, label=f"open loop {rate_per_s:g}/s")
+
+
+async def replay(url: str | None, make_request: Callable[[int], Request],
+                 schedule: np.ndarray, *, duration_s: float | None = None,
+                 warmup_s: float = 0.0, max_connections: int = 1000, timeout_s: float = 30.0,
+                 send: Sender | None = None, progress: bool = True,
+                 label: str = "replay") -> LoadResult:
+    """Open loop on a given schedule: request ``i`` is sent ``schedule[i]`` seconds after the
+    start, whatever came back — e.g. ``helpers.traces.Trace.arrivals()``, a recorded day."""
     from tqdm.auto import tqdm
 
-    schedule = arrival_times(rate_per_s, duration_s, arrivals, seed)
+    schedule = np.asarray(schedule, dtype=float)
+    if schedule.ndim != 1 or (np.diff(schedule) < 0).any() or (schedule < 0).any():
+        raise ValueError("a schedule is a sorted 1-D array of times >= 0")
+    duration_s = float(schedule[-1]) if duration_s is None and len(schedule) else duration_s or 0.0
     rows: list[tuple] = [None] * len(schedule)
     async with _sender(url, send, max_connections, timeout_s) as send:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        bar = tqdm(total=len(schedule), desc=f"open loop {rate_per_s:g}/s", disable=not progress)
+        bar = tqdm(total=len(schedule), desc=label, disable=not progress)
 
         async def one(i: int, intended: float) -> None:
             sent = loop.time() - start
@@ -211,7 +227,8 @@ async def open_loop(url: str | None, make_request: Callable[[int], Request], *,
             tasks.append(asyncio.ensure_future(one(i, float(intended))))
         await asyncio.gather(*tasks)
         bar.close()
-    return LoadResult(_frame(rows, warmup_s), "open", duration_s, warmup_s, target_rate=rate_per_s,
+    rate = len(schedule) / duration_s if duration_s else 0.0
+    return LoadResult(_frame(rows, warmup_s), "open", duration_s, warmup_s, target_rate=rate,
                       timeout_s=timeout_s)
 
 

@@ -66,6 +66,20 @@ def test_open_loop_counts_the_stall_for_every_request_scheduled_during_it():
     assert result.summary()["p99_ms"] > 100
 
 
+def test_replay_sends_on_a_given_schedule_and_refuses_a_disordered_one():
+    from helpers.loadgen import replay
+
+    schedule = np.array([0.0, 0.05, 0.06, 0.2, 0.21, 0.22])  # a burst, a pause, a burst
+    result = asyncio.run(replay(None, request, schedule, warmup_s=0.01, send=stalling_server(
+        stall_at_request=99), progress=False))
+    frame = result.frame
+    assert list(frame["intended_s"]) == list(schedule) and (frame["status"] == 200).all()
+    assert (frame["sent_s"] >= frame["intended_s"] - 1e-3).all()  # never early
+    assert len(result.measured) == 5 and result.target_rate == pytest.approx(6 / 0.22)
+    with pytest.raises(ValueError, match="sorted"):
+        asyncio.run(replay(None, request, np.array([0.2, 0.1]), send=stalling_server()))
+
+
 def test_closed_loop_hides_the_same_stall():
     result = asyncio.run(closed_loop(None, request, users=1, duration_s=1.0,
                                      send=stalling_server(), progress=False))

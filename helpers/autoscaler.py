@@ -25,7 +25,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["AutoscalingConfig", "Decision", "desired_replicas", "Autoscaler"]
+__all__ = ["AutoscalingConfig", "Decision", "desired_replicas", "hold_changes", "Autoscaler"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,29 @@ def desired_replicas(load: float, target_in_flight: float, min_replicas: int = 1
     return max(min_replicas, min(max_replicas, wanted))
 
 
+Wanted = tuple[int, float] | None
+"""A change wanted but not yet made: (direction +1 up / -1 down, since when), or None."""
+
+
+def hold_changes(desired: int, current: int, wanted: Wanted, at_s: float,
+                 config: AutoscalingConfig) -> tuple[int, Wanted, str]:
+    """The delays: change to ``desired`` only once a change in that direction has been wanted
+    for ``upscale_delay_s`` / ``downscale_delay_s`` in a row; a change of mind (the other
+    direction, or no change) restarts the clock. Returns (replicas, wanted, reason)."""
+    direction = (desired > current) - (desired < current)
+    if direction == 0:
+        return current, None, f"steady: the load asks for {desired}"
+    if wanted is None or wanted[0] != direction:
+        wanted = (direction, at_s)
+    delay = config.upscale_delay_s if direction > 0 else config.downscale_delay_s
+    waited, word = at_s - wanted[1], "up" if direction > 0 else "down"
+    if waited >= delay:
+        return desired, None, (f"scale {word} to {desired}: wanted for {waited:.1f} s "
+                               f"(delay {delay:g} s)")
+    return current, wanted, (f"wait: {desired} wanted for {waited:.1f} s of the {delay:g} s "
+                             f"{word} delay")
+
+
 @dataclass(frozen=True)
 class Decision:
     """One tick of the autoscaler: what it saw, what it wanted, what it chose, and why."""
@@ -96,14 +119,16 @@ class Autoscaler:
     ``time.monotonic()``); nothing here reads a clock itself.
     """
 
-    def __init__(self, config: AutoscalingConfig, replicas: int | None = None) -> None:
-        self.config = config
+    def __init__(self, config: AutoscalingConfig, replicas: int | None = None,
+                 hold=hold_changes) -> None:
+        """``hold`` is the delay rule (``hold_changes``'s signature): lesson 07 plugs in yours."""
+        self.config, self.hold = config, hold
         self.replicas = config.min_replicas if replicas is None else replicas
         if not config.min_replicas <= self.replicas <= config.max_replicas:
             raise ValueError(f"{self.replicas} replicas is outside "
                              f"{config.min_replicas}..{config.max_replicas}")
         self._samples: deque[tuple[float, float]] = deque()
-        self._wanted_since: tuple[int, float] | None = None  # (direction, since when)
+        self._wanted: Wanted = None
         self._panic_until = -math.inf
         self.decisions: list[Decision] = []
 
@@ -137,29 +162,14 @@ class Autoscaler:
             # Scale up at once to what the jump asks for; never down while panicking.
             desired = max(panic_desired, stable_desired)
             self.replicas = max(previous, desired)
-            self._wanted_since = None
+            self._wanted = None
             reason = (f"panic until {self._panic_until:.1f} s: the last "
                       f"{config.panic_window_s:g} s ask for {panic_desired}")
         else:
             desired = stable_desired
-            reason = self._apply_delays(at_s, desired)
+            self.replicas, self._wanted, reason = self.hold(desired, previous, self._wanted,
+                                                            at_s, config)
         decision = Decision(at_s, stable_load, panic_load, desired, self.replicas, previous,
                             panic, reason)
         self.decisions.append(decision)
         return decision
-
-    def _apply_delays(self, at_s: float, desired: int) -> str:
-        """Change only what has been wanted for the whole delay, in the same direction."""
-        direction = (desired > self.replicas) - (desired < self.replicas)
-        if direction == 0:
-            self._wanted_since = None
-            return f"steady: the load asks for {desired}"
-        if self._wanted_since is None or self._wanted_since[0] != direction:
-            self._wanted_since = (direction, at_s)  # a change of mind restarts the clock
-        delay = self.config.upscale_delay_s if direction > 0 else self.config.downscale_delay_s
-        waited = at_s - self._wanted_since[1]
-        word = "up" if direction > 0 else "down"
-        if waited >= delay:
-            self.replicas, self._wanted_since = desired, None
-            return f"scale {word} to {desired}: wanted for {waited:.1f} s (delay {delay:g} s)"
-        return f"wait: {desired} wanted for {waited:.1f} s of the {delay:g} s {word} delay"

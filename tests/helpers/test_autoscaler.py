@@ -112,3 +112,22 @@ def test_old_samples_leave_the_window():
     scaler.observe(5, 2)  # the 10 is more than 3 s old: only the 2 counts
     decision = scaler.decide(5)
     assert decision.stable_load == 2 and decision.replicas == 2
+
+
+def test_the_delay_rule_is_a_pure_function_an_autoscaler_can_take_from_outside():
+    from helpers.autoscaler import hold_changes
+
+    config = AutoscalingConfig(upscale_delay_s=2, downscale_delay_s=5, max_replicas=8)
+    assert hold_changes(3, 3, None, 10.0, config)[:2] == (3, None)
+    assert hold_changes(4, 3, None, 10.0, config)[:2] == (3, (1, 10.0))
+    assert hold_changes(4, 3, (1, 10.0), 12.0, config)[:2] == (4, None)
+    assert hold_changes(2, 3, (1, 10.0), 12.0, config)[:2] == (3, (-1, 12.0))  # changed mind
+    calls = []
+
+    def never(desired, current, wanted, at_s, config):
+        calls.append(desired)
+        return current, None, "held by the test"
+    scaler = Autoscaler(AutoscalingConfig(target_in_flight=1, panic_threshold=100,
+                                          max_replicas=8), hold=never)
+    assert run(scaler, [5, 5, 5]) == [1, 1, 1] and calls == [5, 5, 5]
+    assert scaler.decisions[-1].reason == "held by the test"

@@ -35,7 +35,7 @@ import pandas as pd
 from .metrics import LatencyRecorder
 
 __all__ = ["Request", "Sender", "HTTPSender", "arrival_times", "open_loop", "replay",
-           "closed_loop", "LoadResult", "v2_request"]
+           "capacity_at_slo", "closed_loop", "LoadResult", "v2_request"]
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,32 @@ async def replay(url: str | None, make_request: Callable[[int], Request],
     rate = len(schedule) / duration_s if duration_s else 0.0
     return LoadResult(_frame(rows, warmup_s), "open", duration_s, warmup_s, target_rate=rate,
                       timeout_s=timeout_s)
+
+
+async def capacity_at_slo(url: str | None, make_request: Callable[[int], Request], *,
+                          rates: list[float], seconds: float, slo_ms: float,
+                          percentile: float = 99.0, warmup_s: float = 0.5, seed: int = 0,
+                          send: Sender | None = None) -> tuple[float, pd.DataFrame]:
+    """Open-loop runs at each rate, lowest first; the capacity is the highest rate whose
+    ``percentile`` latency stays within ``slo_ms`` with no errors, every lower one too (0 if
+    none does). Stops after the first rate that misses: the rest would only miss more.
+    Returns ``(capacity per second, one row per rate run)``."""
+    rows, capacity = [], 0.0
+    for rate in sorted(rates):
+        result = await open_loop(url, make_request, rate_per_s=rate, duration_s=warmup_s + seconds,
+                                 warmup_s=warmup_s, seed=seed, send=send, progress=False)
+        measured = result.measured
+        latency_ms = measured["latency_s"].to_numpy(float) * 1000
+        tail = float(np.percentile(latency_ms, percentile)) if len(latency_ms) else float("inf")
+        errors = int((measured["status"] != 200).sum())
+        meets = tail <= slo_ms and errors == 0
+        rows.append({"rate_per_s": rate, f"p{percentile:g} ms": tail,
+                     "p50 ms": float(np.median(latency_ms)) if len(latency_ms) else float("nan"),
+                     "errors": errors, "meets SLO": meets})
+        if not meets:
+            break
+        capacity = rate
+    return capacity, pd.DataFrame(rows)
 
 
 async def closed_loop(url: str | None, make_request: Callable[[int], Request], *, users: int,

@@ -47,6 +47,7 @@ class Replica:
     server: ServerProcess | None = None
     spawned_at: float = 0.0
     startup_s: float = float("nan")  # spawn to ready, the last time it started
+    seconds_before: float = 0.0      # run time of its earlier lives (before restarts)
 
     @property
     def url(self) -> str:
@@ -122,6 +123,7 @@ class ReplicaSet:
                 replica.server.process.send_signal(signal.SIGCONT)
             stop_server_process(replica.server, timeout_s=30)
             replica.server = None
+            replica.seconds_before += time.perf_counter() - replica.spawned_at
 
     # -- reading -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -145,6 +147,13 @@ class ReplicaSet:
                 except httpx.TransportError:
                     ready[replica.name] = False
         return ready
+
+    def replica_seconds(self) -> float:
+        """What the set has cost so far: every replica's running time, start-up included
+        (a replica costs from the moment it is spawned, as a cloud bills a node)."""
+        now = time.perf_counter()
+        return sum(r.seconds_before + (now - r.spawned_at if r.server is not None else 0.0)
+                   for r in self.replicas)
 
     def table(self) -> pd.DataFrame:
         """Per replica: url, pid, alive, start-up time and resident memory."""

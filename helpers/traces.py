@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .autoscaler import Autoscaler, AutoscalingConfig, Decision
+from .autoscaler import Autoscaler, AutoscalingConfig, Decision, hold_changes
 
 __all__ = ["Trace", "step_trace", "spike_trace", "day_of_shifts", "ReplicaModel",
            "SimResult", "simulate"]
@@ -168,12 +168,14 @@ class SimResult:
 
 def simulate(trace: Trace, config: AutoscalingConfig, replica: ReplicaModel, *,
              slo_ms: float, tick_s: float = 1.0, seed: int = 0,
-             initial_replicas: int | None = None, autoscale: bool = True) -> SimResult:
-    """Replay ``trace`` against ``config``; ``autoscale=False`` keeps the initial replicas."""
+             initial_replicas: int | None = None, autoscale: bool = True,
+             hold=hold_changes) -> SimResult:
+    """Replay ``trace`` against ``config``; ``autoscale=False`` keeps the initial replicas;
+    ``hold`` is the autoscaler's delay rule (see ``helpers.autoscaler.hold_changes``)."""
     if config.min_replicas < 1:
         raise ValueError("the simulation needs min_replicas >= 1 (it does not scale from zero)")
     service_s = 1.0 / replica.capacity_per_s
-    scaler = Autoscaler(config, initial_replicas)
+    scaler = Autoscaler(config, initial_replicas, hold=hold)
     fleet = [_SimReplica(0.0, 0.0) for _ in range(scaler.replicas)]  # warm at the start
     fleet += [_SimReplica(0.0, 0.0, spare=True) for _ in range(config.warm_spares)]
     arrivals = trace.arrivals(seed)

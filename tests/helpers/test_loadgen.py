@@ -189,3 +189,21 @@ def test_a_real_timeout_is_reported_as_a_timeout():
     with serve_in_thread(app) as url:
         status, error, _ = asyncio.run(scenario(url))
     assert status == 0 and error.startswith("TimeoutError")
+
+
+def test_capacity_is_the_highest_rate_that_meets_the_slo():
+    from helpers.loadgen import capacity_at_slo
+
+    worker = asyncio.Lock()
+
+    async def one_at_a_time(request):  # 10 ms each, one at a time: 100 requests/s at most
+        async with worker:
+            await asyncio.sleep(0.01)
+        return 200, "", "1"
+
+    capacity, runs = asyncio.run(capacity_at_slo(None, request, rates=[200, 30, 50, 400],
+                                                 seconds=1.0, slo_ms=100,
+                                                 send=one_at_a_time))
+    assert capacity == 50
+    assert list(runs["rate_per_s"]) == [30, 50, 200]  # lowest first, stops after a miss
+    assert list(runs["meets SLO"]) == [True, True, False] and runs["p99 ms"].iloc[2] > 100

@@ -3,6 +3,7 @@ over, and always stopped."""
 
 import asyncio
 import signal
+import time
 
 import httpx
 import numpy as np
@@ -55,6 +56,22 @@ def test_some_replicas_can_start_with_arguments_of_their_own(repo):
     with ReplicaSet(2, *args, extra={1: ["--fault-delay-ms", "1"]}) as replicas:
         assert replicas.table()["extra args"].tolist() == ["", "--fault-delay-ms 1"]
         assert all(infer(url) == 200 for url in replicas.urls)
+
+
+def test_a_set_grows_one_replica_at_a_time_and_counts_what_its_replicas_cost(repo):
+    args = ("--repository", str(repo), "--models", "mlp", "--workers", "1")
+    with ReplicaSet(1, *args) as replicas:
+        assert replicas.add("--fault-delay-ms", "1") == 1  # scaling up: waits until ready
+        assert len(replicas) == 2 and infer(replicas[1].url) == 200
+        assert replicas.table()["extra args"].tolist() == ["", "--fault-delay-ms 1"]
+        replicas.stop(1)  # scaling down
+        assert replicas[1].seconds_before >= replicas[1].startup_s > 0  # start-up is billed
+        start = time.perf_counter()
+        before = replicas.replica_seconds()
+        time.sleep(0.3)
+        after = replicas.replica_seconds()
+        elapsed = time.perf_counter() - start
+        assert 0.3 <= after - before <= elapsed  # one replica still running, one stopped
 
 
 def test_the_balancer_routes_around_a_killed_replica(repo):

@@ -88,3 +88,15 @@ def test_the_simulation_refuses_to_scale_from_zero():
     with pytest.raises(ValueError, match="min_replicas >= 1"):
         simulate(step_trace(1, 1, 0, 2), AutoscalingConfig(min_replicas=0), ReplicaModel(10, 1),
                  slo_ms=50)
+
+
+def test_the_simulation_uses_the_delay_rule_it_is_given():
+    def never(desired, current, wanted, at_s, config):
+        return current, None, "never changes"
+
+    trace = step_trace(before=40, after=150, at_s=5, duration_s=20)
+    config = AutoscalingConfig(target_in_flight=4, max_replicas=4, panic_threshold=100)
+    held = simulate(trace, config, ReplicaModel(100, 1), slo_ms=100, hold=never)
+    free = simulate(trace, config, ReplicaModel(100, 1), slo_ms=100)
+    assert held.timeline["replicas"].max() == 1 < free.timeline["replicas"].max()
+    assert held.decisions[-1].reason == "never changes"

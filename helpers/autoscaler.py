@@ -25,7 +25,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["AutoscalingConfig", "Decision", "desired_replicas", "hold_changes", "Autoscaler"]
+__all__ = ["AutoscalingConfig", "Decision", "desired_replicas", "scale_rule", "hold_changes",
+           "Autoscaler"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,23 @@ Wanted = tuple[int, float] | None
 """A change wanted but not yet made: (direction +1 up / -1 down, since when), or None."""
 
 
+def scale_rule(stable_load: float, panic_load: float, current: int, panicking: bool,
+               config: AutoscalingConfig) -> tuple[int, bool]:
+    """Replicas the load asks for now, and whether this tick starts (or renews) a panic.
+
+    Knative's KPA: the stable window's load sets the replicas; when the panic window's load
+    asks for at least ``panic_threshold`` × the current replicas (and more than now), that is
+    a panic — and while panicking, the replicas go up at once to the larger of the two asks
+    and never down. Delays apply afterwards, outside panic (``hold_changes``)."""
+    bounds = (config.min_replicas, config.max_replicas)
+    stable = desired_replicas(stable_load, config.target_in_flight, *bounds)
+    burst = desired_replicas(panic_load, config.target_in_flight, *bounds)
+    starts_panic = burst > current and burst >= config.panic_threshold * max(current, 1)
+    if starts_panic or panicking:
+        return max(current, stable, burst), starts_panic
+    return stable, False
+
+
 def hold_changes(desired: int, current: int, wanted: Wanted, at_s: float,
                  config: AutoscalingConfig) -> tuple[int, Wanted, str]:
     """The delays: change to ``desired`` only once a change in that direction has been wanted
@@ -120,9 +138,10 @@ class Autoscaler:
     """
 
     def __init__(self, config: AutoscalingConfig, replicas: int | None = None,
-                 hold=hold_changes) -> None:
-        """``hold`` is the delay rule (``hold_changes``'s signature): lesson 07 plugs in yours."""
-        self.config, self.hold = config, hold
+                 scale=scale_rule, hold=hold_changes) -> None:
+        """``scale`` and ``hold`` are the two rules (with ``scale_rule``'s and
+        ``hold_changes``'s signatures): lesson 07 plugs in yours."""
+        self.config, self.scale, self.hold = config, scale, hold
         self.replicas = config.min_replicas if replicas is None else replicas
         if not config.min_replicas <= self.replicas <= config.max_replicas:
             raise ValueError(f"{self.replicas} replicas is outside "
@@ -151,25 +170,18 @@ class Autoscaler:
         config, previous = self.config, self.replicas
         stable_load = self._mean_load(at_s, config.stable_window_s)
         panic_load = self._mean_load(at_s, config.panic_window_s)
-        bounds = (config.min_replicas, config.max_replicas)
-        stable_desired = desired_replicas(stable_load, config.target_in_flight, *bounds)
-        panic_desired = desired_replicas(panic_load, config.target_in_flight, *bounds)
-
-        if panic_desired > previous and panic_desired >= config.panic_threshold * max(previous, 1):
+        panicking = at_s < self._panic_until
+        desired, starts_panic = self.scale(stable_load, panic_load, previous, panicking, config)
+        if starts_panic:
             self._panic_until = at_s + config.stable_window_s  # (re)enter panic
-        panic = at_s < self._panic_until
-        if panic:
-            # Scale up at once to what the jump asks for; never down while panicking.
-            desired = max(panic_desired, stable_desired)
-            self.replicas = max(previous, desired)
-            self._wanted = None
+        if at_s < self._panic_until:  # no delays in panic: the rule already never goes down
+            self.replicas, self._wanted = desired, None
             reason = (f"panic until {self._panic_until:.1f} s: the last "
-                      f"{config.panic_window_s:g} s ask for {panic_desired}")
+                      f"{config.panic_window_s:g} s of load ask for {desired}")
         else:
-            desired = stable_desired
             self.replicas, self._wanted, reason = self.hold(desired, previous, self._wanted,
                                                             at_s, config)
         decision = Decision(at_s, stable_load, panic_load, desired, self.replicas, previous,
-                            panic, reason)
+                            at_s < self._panic_until, reason)
         self.decisions.append(decision)
         return decision

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .autoscaler import Autoscaler, AutoscalingConfig, Decision, hold_changes
+from .autoscaler import Autoscaler, AutoscalingConfig, Decision, hold_changes, scale_rule
 
 __all__ = ["Trace", "step_trace", "spike_trace", "day_of_shifts", "ReplicaModel",
            "SimResult", "simulate"]
@@ -169,13 +169,13 @@ class SimResult:
 def simulate(trace: Trace, config: AutoscalingConfig, replica: ReplicaModel, *,
              slo_ms: float, tick_s: float = 1.0, seed: int = 0,
              initial_replicas: int | None = None, autoscale: bool = True,
-             hold=hold_changes) -> SimResult:
+             scale=scale_rule, hold=hold_changes) -> SimResult:
     """Replay ``trace`` against ``config``; ``autoscale=False`` keeps the initial replicas;
-    ``hold`` is the autoscaler's delay rule (see ``helpers.autoscaler.hold_changes``)."""
+    ``scale`` and ``hold`` are the autoscaler's rules (``helpers.autoscaler``)."""
     if config.min_replicas < 1:
         raise ValueError("the simulation needs min_replicas >= 1 (it does not scale from zero)")
     service_s = 1.0 / replica.capacity_per_s
-    scaler = Autoscaler(config, initial_replicas, hold=hold)
+    scaler = Autoscaler(config, initial_replicas, scale=scale, hold=hold)
     fleet = [_SimReplica(0.0, 0.0) for _ in range(scaler.replicas)]  # warm at the start
     fleet += [_SimReplica(0.0, 0.0, spare=True) for _ in range(config.warm_spares)]
     arrivals = trace.arrivals(seed)

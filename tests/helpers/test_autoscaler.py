@@ -131,3 +131,25 @@ def test_the_delay_rule_is_a_pure_function_an_autoscaler_can_take_from_outside()
                                           max_replicas=8), hold=never)
     assert run(scaler, [5, 5, 5]) == [1, 1, 1] and calls == [5, 5, 5]
     assert scaler.decisions[-1].reason == "held by the test"
+
+
+def test_the_scale_rule_enters_panic_on_a_jump_and_never_goes_down_while_panicking():
+    from helpers.autoscaler import scale_rule
+
+    config = AutoscalingConfig(target_in_flight=2, min_replicas=1, max_replicas=10,
+                               panic_threshold=2)
+    assert scale_rule(6, 6, 3, False, config) == (3, False)      # steady
+    assert scale_rule(2, 2, 3, False, config) == (1, False)      # down, outside panic
+    assert scale_rule(4, 12, 3, False, config) == (6, True)      # 6 >= 2 x 3: panic
+    assert scale_rule(4, 10, 3, False, config) == (2, False)     # 5 < 6: no panic
+    assert scale_rule(2, 2, 6, True, config) == (6, False)       # panicking: never down
+    assert scale_rule(0, 40, 1, False, config) == (10, True)     # bounded by max_replicas
+    assert scale_rule(0, 0, 1, False, config) == (1, False)      # no load: the minimum
+    calls = []
+
+    def frozen(stable, burst, current, panicking, config):
+        calls.append((stable, burst, current, panicking))
+        return current, False
+    scaler = Autoscaler(config, scale=frozen)
+    run(scaler, [20, 20])
+    assert [c[2] for c in calls] == [1, 1] and scaler.replicas == 1

@@ -81,6 +81,7 @@ class ReplicaSet:
             raise ValueError(f"extra names replicas {sorted(set(extra) - set(range(n)))}, "
                              f"but the set has replicas 0..{n - 1}")
         self.env, self.timeout_s, self.args = env, timeout_s, tuple(args)
+        self._adding = threading.Lock()
         self.replicas = [Replica(f"replica-{i}", free_port(), tuple(args),
                                  tuple(extra.get(i, ()))) for i in range(n)]
 
@@ -197,11 +198,13 @@ class ReplicaSet:
         """Start one more replica with the set's arguments (plus ``extra``) on a free port;
         waits until it is ready and returns its index — what scaling up does, start-up
         included."""
-        replica = Replica(f"replica-{len(self.replicas)}", free_port(), self.args, tuple(extra))
-        self.replicas.append(replica)
+        with self._adding:  # two adds at once (an autoscaler's threads) get their own index
+            i = len(self.replicas)
+            replica = Replica(f"replica-{i}", free_port(), self.args, tuple(extra))
+            self.replicas.append(replica)
         self._spawn(replica)
         self._wait(replica)
-        return len(self.replicas) - 1
+        return i
 
     def restart(self, i: int, *extra: str) -> None:
         """Stop replica ``i`` (if running) and start it again on its port, with its

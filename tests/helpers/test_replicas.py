@@ -104,3 +104,14 @@ def test_a_paused_replica_answers_when_it_resumes_and_a_set_stops_a_paused_one(r
         process = replicas[0].server.process
     # resumed, then ended by its SIGTERM (uvicorn re-raises it after draining), not SIGKILLed
     assert process.returncode == -signal.SIGTERM
+
+
+def test_replicas_added_at_once_from_threads_each_get_their_own_index(repo):
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = ("--repository", str(repo), "--models", "mlp", "--workers", "1")
+    with ReplicaSet(1, *args) as replicas:
+        with ThreadPoolExecutor(2) as pool:
+            added = sorted(pool.map(lambda _: replicas.add(), range(2)))
+        assert added == [1, 2]  # not the same index twice, not one still starting
+        assert all(infer(replicas[i].url) == 200 for i in added)

@@ -101,9 +101,10 @@ def day_of_shifts(peak_rate: float, day_s: float = 1440.0, bursts: int = 12,
     for change in (6.0, 14.0, 22.0):
         level = np.where(np.abs(hour - change) < 0.125, level * 0.3, level)
     burst_s = day_s / 72 if burst_s is None else burst_s  # 20 minutes of a day
+    bursting = np.zeros(n, dtype=bool)
     for start in rng.uniform(0, day_s - burst_s, size=bursts):
-        inside = (np.arange(n) * step_s >= start) & (np.arange(n) * step_s < start + burst_s)
-        level = np.where(inside, level * burst_factor, level)
+        bursting |= (np.arange(n) * step_s >= start) & (np.arange(n) * step_s < start + burst_s)
+    level = np.where(bursting, level * burst_factor, level)  # overlapping bursts do not stack
     return Trace(f"a day of shifts, peak {peak_rate:g}/s, {bursts} bursts (seed {seed})",
                  peak_rate * level, step_s)
 

@@ -61,6 +61,15 @@ SCENARIOS = {
     ("06_load_balancing", "budget"): ("cell-budget-solution", [
         "cell-002", "cell-010", "cell-budget-solution", "cell-budget-tests", "cell-budget-run",
         "cell-budget-run-tests"]),
+    ("07_autoscaling", "scale"): ("cell-scale-solution", [
+        "cell-002", "cell-004", "cell-scale-solution", "cell-scale-tests", "cell-scale-sim",
+        "cell-scale-sim-tests"]),
+    ("07_autoscaling", "hold"): ("cell-hold-solution", [
+        "cell-002", "cell-004", "cell-hold-solution", "cell-hold-tests", "cell-hold-sim",
+        "cell-hold-sim-tests"]),
+    ("07_autoscaling", "day"): ("cell-day-solution", [
+        "cell-002", "cell-004", "cell-012", "cell-day-solution", "cell-day-run",
+        "cell-day-tests"]),
 }
 # (lesson, exercise, answer file) -> the graded test cells it must fail; [] means full marks
 EXPECTED = {
@@ -166,6 +175,23 @@ EXPECTED = {
     # within one short run these behave like a budget: only the unit tests see them
     ("06_load_balancing", "budget", "budget_no_window"): ["06_load_balancing-budget-tests"],
     ("06_load_balancing", "budget", "budget_counts_refused"): ["06_load_balancing-budget-tests"],
+    ("07_autoscaling", "scale", "scale_other_style"): [],
+    # one replica short at every step: the unit tests see it (not always the misses)
+    ("07_autoscaling", "scale", "scale_floor"): ["07_autoscaling-scale-tests"],
+    ("07_autoscaling", "scale", "scale_down_in_panic"): [
+        "07_autoscaling-scale-tests", "07_autoscaling-scale-sim-tests"],
+    ("07_autoscaling", "scale", "scale_no_panic"): [
+        "07_autoscaling-scale-tests", "07_autoscaling-scale-sim-tests"],
+    ("07_autoscaling", "hold", "hold_other_style"): [],
+    ("07_autoscaling", "hold", "hold_no_delay"): [
+        "07_autoscaling-hold-tests", "07_autoscaling-hold-sim-tests"],
+    # flap no more than the course's on this trace: only the unit tests see them
+    ("07_autoscaling", "hold", "hold_sticky"): ["07_autoscaling-hold-tests"],
+    ("07_autoscaling", "hold", "hold_never_down"): ["07_autoscaling-hold-tests"],
+    ("07_autoscaling", "day", "day_other_style"): [],
+    ("07_autoscaling", "day", "day_always_max"): ["07_autoscaling-day-tests"],
+    ("07_autoscaling", "day", "day_never_down"): ["07_autoscaling-day-tests"],
+    ("07_autoscaling", "day", "day_hot_no_panic"): ["07_autoscaling-day-tests"],
 }
 
 pytestmark = pytest.mark.slow
@@ -173,7 +199,8 @@ pytestmark = pytest.mark.slow
 
 # Per lesson, the cells that stop what its set-up started (lesson 02's server): run once,
 # after every answer of the scenario.
-TEARDOWN = {"02_model_server": {"cell-028"}, "06_load_balancing": {"cell-018"}}
+TEARDOWN = {"02_model_server": {"cell-028"}, "06_load_balancing": {"cell-018"},
+            "07_autoscaling": {"cell-019"}}
 
 # Every answer of a scenario runs in one kernel, after one run of the set-up: the kernel's
 # names are put back as the set-up left them before each answer, so nothing one answer

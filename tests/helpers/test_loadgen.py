@@ -207,3 +207,4 @@ def test_capacity_is_the_highest_rate_that_meets_the_slo():
     assert capacity == 50
     assert list(runs["rate_per_s"]) == [30, 50, 200]  # lowest first, stops after a miss
     assert list(runs["meets SLO"]) == [True, True, False] and runs["p99 ms"].iloc[2] > 100
+    assert 60 < runs["achieved_per_s"].iloc[2] <= 105  # saturated: about its 100/s at most

@@ -19,8 +19,8 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND ?= Agg
 
-.PHONY: help setup redis data lab serve bench test test-full lint notebooks autograde feedback grades \
-	clean
+.PHONY: help setup redis scale data lab serve bench test test-full lint notebooks autograde feedback \
+	grades clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ redis:  ## install redis-server where this can (else lessons use fakeredis's ser
 	else \
 		echo "redis-server not found: the fakeredis fallback will serve (see README, Redis)"; \
 	fi
+
+# Ray Serve for lesson 07's last section: an optional extra (large), never needed by `make test`.
+scale: $(STAMP)  ## install the optional Ray Serve extra (lesson 07's "past one machine" cell)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[scale]"
 
 data: $(STAMP)  ## train the course models into data/models (skips what exists)
 	$(BIN)/python -m helpers.training

@@ -3,7 +3,8 @@
 Layers, bottom to top: foundations (settings, device, data, metrics, memory) ->
 the repository -> model kinds -> the engine -> HTTP. Tools (serving, replicas, balancer,
 autoscaler, traces, scaling_loop, manifests, ray_serving, loadgen, plots, grading) drive
-servers from outside. Imports inside functions count: a lazy import upward is still an import upward.
+servers from outside. Imports inside functions count: a lazy import upward is still an
+import upward.
 """
 
 import ast

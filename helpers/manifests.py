@@ -34,17 +34,24 @@ _KNATIVE = "autoscaling.knative.dev/"
 
 
 def _annotations(config: AutoscalingConfig) -> dict[str, str]:
-    """Knative's autoscaling annotations (all strings, as Kubernetes wants them)."""
+    """Knative's autoscaling annotations (all strings, as Kubernetes wants them).
+
+    Knative aims at 70 % of the target unless told otherwise; 100 % makes it aim at the
+    target itself, as the course's autoscaler does. Knative cannot switch panic off: a
+    threshold of ``inf`` becomes its largest, 1000 %. It has no up delay (it scales up as
+    soon as the windows ask); ``upscale_delay_s`` has no annotation.
+    """
     return {
         _KNATIVE + "class": "kpa.autoscaling.knative.dev",
         _KNATIVE + "metric": "concurrency",
         _KNATIVE + "target": f"{config.target_in_flight:g}",
+        _KNATIVE + "target-utilization-percentage": "100",
         _KNATIVE + "min-scale": str(config.min_replicas),
         _KNATIVE + "max-scale": str(config.max_replicas),
         _KNATIVE + "window": f"{config.stable_window_s:g}s",
         _KNATIVE + "panic-window-percentage":
             f"{100 * config.panic_window_s / config.stable_window_s:g}",
-        _KNATIVE + "panic-threshold-percentage": f"{100 * config.panic_threshold:g}",
+        _KNATIVE + "panic-threshold-percentage": f"{min(1000.0, 100 * config.panic_threshold):g}",
         _KNATIVE + "scale-down-delay": f"{config.downscale_delay_s:g}s",
     }
 
@@ -53,8 +60,8 @@ def _container(image: str, args: list[str], port: int, name: str | None = None) 
     probe = {"httpGet": {"path": "/v2/health/ready", "port": port}, "periodSeconds": 1}
     container = {
         "image": image,
-        "args": ["python", "-m", "helpers.server", "--host", "0.0.0.0", "--port", str(port),
-                 *args],
+        "command": ["python", "-m", "helpers.server"],
+        "args": ["--host", "0.0.0.0", "--port", str(port), *args],
         "ports": [{"containerPort": port, "protocol": "TCP"}],
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": port},
@@ -85,18 +92,19 @@ def kserve_inference_service(name: str, image: str, config: AutoscalingConfig, *
                              ) -> dict[str, Any]:
     """A KServe ``InferenceService`` with the course server as a custom predictor (it speaks
     the Open Inference Protocol KServe routes to); KServe's serverless mode runs it on
-    Knative, so the same annotations tune its autoscaler."""
+    Knative, so the same annotations tune its autoscaler. KServe's ``scaleTarget`` is a whole
+    number and would overwrite the target annotation, so it is set only for a whole target;
+    a fractional one (0.5 in flight per replica) stays in the annotation alone."""
+    predictor: dict[str, Any] = {"minReplicas": config.min_replicas,
+                                 "maxReplicas": config.max_replicas}
+    if float(config.target_in_flight).is_integer():
+        predictor |= {"scaleMetric": "concurrency", "scaleTarget": int(config.target_in_flight)}
+    predictor["containers"] = [_container(image, args or [], port, name="kserve-container")]
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": name, "annotations": _annotations(config)},
-        "spec": {"predictor": {
-            "minReplicas": config.min_replicas,
-            "maxReplicas": config.max_replicas,
-            "scaleMetric": "concurrency",
-            "scaleTarget": max(1, round(config.target_in_flight)),
-            "containers": [_container(image, args or [], port, name="kserve-container")],
-        }},
+        "spec": {"predictor": predictor},
     }
 
 
@@ -104,6 +112,27 @@ def to_yaml(manifest: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(manifest, sort_keys=False)
+
+
+# What Knative's webhook accepts (its documented bounds).
+_RANGES = {"window": (6.0, 3600.0, "s"), "panic-window-percentage": (1.0, 100.0, ""),
+           "panic-threshold-percentage": (110.0, 1000.0, "")}
+
+
+def _out_of_range(annotations: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, (low, high, unit) in _RANGES.items():
+        value = annotations.get(_KNATIVE + key)
+        if not isinstance(value, str):
+            continue
+        try:
+            number = float(value.removesuffix(unit) if unit else value)
+        except ValueError:
+            problems.append(f"{key} {value!r} is not a number")
+            continue
+        if not low <= number <= high:
+            problems.append(f"{key} {value} is outside Knative's {low:g}..{high:g}{unit}")
+    return problems
 
 
 def check(manifest: dict[str, Any]) -> list[str]:
@@ -124,6 +153,7 @@ def check(manifest: dict[str, Any]) -> list[str]:
     low, high = annotations.get(_KNATIVE + "min-scale"), annotations.get(_KNATIVE + "max-scale")
     if low is not None and high is not None and int(low) > int(high):
         problems.append(f"min-scale {low} is above max-scale {high}")
+    problems += _out_of_range(annotations)
     containers = (template.get("spec", {}).get("containers")
                   or spec.get("predictor", {}).get("containers") or [])
     if not containers:

@@ -53,19 +53,22 @@ class ScalingLoop:
         self.scaler = Autoscaler(config, replicas=len(self.serving))
         self.starting = self.spares_starting = 0
         self.rows: list[dict] = []
+        self._last_read: dict[int, float] = {}
         self._tasks: set[asyncio.Task] = set()
         self._start = time.monotonic()
 
     async def read_load(self) -> float:
-        """Requests in flight across the serving replicas, from their ``/metrics``; a replica
-        that does not answer counts as 0 (it is not handling anything we can see)."""
+        """Requests in flight across the serving replicas, from their ``/metrics``. A replica
+        that does not answer in time keeps its last reading: an overloaded replica is slow to
+        answer its scrape too, and reading it as idle would scale down exactly then."""
         async with httpx.AsyncClient(timeout=1.0) as client:
             async def one(i: int) -> float:
                 try:
                     page = await client.get(self.replicas[i].url + "/metrics")
-                    return in_flight_of(page.text)
+                    self._last_read[i] = in_flight_of(page.text)
                 except httpx.HTTPError:
-                    return 0.0
+                    pass
+                return self._last_read.get(i, 0.0)
             return sum(await asyncio.gather(*(one(i) for i in self.serving)))
 
     async def run(self, seconds: float) -> pd.DataFrame:
@@ -98,8 +101,10 @@ class ScalingLoop:
             else:  # cold: it joins once started
                 self.starting += 1
                 self._spawn(self._start_and_join())
-        excess = len(self.serving) + self.starting - target
-        for i in sorted(self.serving, reverse=True)[:max(0, min(excess, len(self.serving) - 1))]:
+        # Down: only serving replicas beyond the target (one still starting joins, and goes on
+        # a later tick if it is still not wanted), never the last one.
+        excess = min(len(self.serving) - target, len(self.serving) - 1)
+        for i in sorted(self.serving, reverse=True)[:max(0, excess)]:
             self.serving.remove(i)  # the youngest first
             self._spawn(self._retire(i))
         while len(self.spares) + self.spares_starting < self.config.warm_spares:

@@ -87,8 +87,8 @@ def day_of_shifts(peak_rate: float, day_s: float = 1440.0, bursts: int = 12,
     """A fab's day compressed into ``day_s`` seconds (1440: a minute a second).
 
     Day shift (06-14) at ``peak_rate``, late shift (14-22) at 80 %, night (22-06) at 35 %,
-    a dip to 30 % in the quarter hour around each shift change, and ``bursts`` test-cell
-    bursts — a lot finishing — at random times, each ``burst_factor`` × the rate around it
+    a dip to 30 % of that level in the quarter hour around each shift change, and ``bursts``
+    test-cell bursts — a lot finishing — at random times, each ``burst_factor`` × the rate around it
     for ``burst_s`` (20 minutes of the day by default). Deterministic in ``seed``.
     """
     if not (peak_rate > 0 and day_s > 0 and burst_factor >= 1):
@@ -225,7 +225,7 @@ def _apply(fleet: list[_SimReplica], target: int, spares: int, now: float,
             fresh = _SimReplica(now, now + startup_s, free_s=now)
             fleet.append(fresh)
             serving.append(fresh)
-    # Scale down the youngest first: the ones still starting cost nothing to give up.
+    # Scale down the youngest first: a replica still starting serves nobody yet.
     for extra in sorted(serving, key=lambda r: r.started_s, reverse=True)[:len(serving) - target]:
         extra.stopping_s = now
     while len(idle) < spares:

@@ -26,8 +26,10 @@ def test_the_knative_service_carries_the_autoscaler_settings_and_the_probes():
     assert annotations["autoscaling.knative.dev/panic-window-percentage"] == "10"
     assert annotations["autoscaling.knative.dev/panic-threshold-percentage"] == "200"
     assert annotations["autoscaling.knative.dev/scale-down-delay"] == "30s"
+    assert annotations["autoscaling.knative.dev/target-utilization-percentage"] == "100"
     container = back["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
+    assert container["command"] == ["python", "-m", "helpers.server"]
     assert container["args"][-2:] == ["--models", "wafer-mlp"] and "0.0.0.0" in container["args"]
 
 
@@ -39,6 +41,10 @@ def test_the_kserve_service_uses_a_custom_predictor_with_the_same_bounds():
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 6)
     assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] == 3
     assert predictor["containers"][0]["name"] == "kserve-container"
+    # a fractional target cannot be KServe's whole scaleTarget: the annotation alone carries it
+    half = kserve_inference_service("w", "img", AutoscalingConfig(target_in_flight=0.5))
+    assert "scaleTarget" not in half["spec"]["predictor"]
+    assert half["metadata"]["annotations"]["autoscaling.knative.dev/target"] == "0.5"
 
 
 def test_check_names_what_a_cluster_would_refuse_or_misread():
@@ -54,3 +60,16 @@ def test_check_names_what_a_cluster_would_refuse_or_misread():
     assert any("min-scale 9 is above max-scale 6" in p for p in problems)
     assert any("readiness probe on '/'" in p for p in problems)
     assert check({"spec": {}}) [:3] == ["no apiVersion", "no kind", "no metadata.name"]
+
+
+def test_check_knows_knatives_bounds_and_a_policy_without_panic_still_fits_them():
+    import math
+
+    short = knative_service("x", "img", AutoscalingConfig(stable_window_s=3, panic_window_s=0.5,
+                                                          panic_threshold=1.05))
+    problems = check(short)
+    assert any("window 3s is outside" in p for p in problems)
+    assert any("panic-threshold-percentage 105 is outside" in p for p in problems)
+    calm = knative_service("x", "img", AutoscalingConfig(stable_window_s=60,
+                                                         panic_threshold=math.inf))
+    assert check(calm) == []  # "never panic" is Knative's highest threshold, 1000 %

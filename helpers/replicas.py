@@ -113,8 +113,19 @@ class ReplicaSet:
                                               port=replica.port)
         replica.spawned_at = time.perf_counter()
 
-    def _wait(self, replica: Replica) -> None:
-        wait_for_server(replica.server, self.timeout_s)
+    def _wait(self, replica: Replica, may_move: bool = True) -> None:
+        """Wait until ready. A new replica whose port another process took in the meantime
+        (a free port is only free until someone binds it) moves to another free port."""
+        for attempt in range(3):
+            try:
+                wait_for_server(replica.server, self.timeout_s)
+                break
+            except RuntimeError as exc:
+                if not may_move or "the port was taken" not in str(exc) or attempt == 2:
+                    raise
+                stop_server_process(replica.server, timeout_s=30)
+                replica.port = free_port()
+                self._spawn(replica)
         replica.startup_s = time.perf_counter() - replica.spawned_at
 
     @staticmethod
@@ -213,4 +224,4 @@ class ReplicaSet:
         self._stop(replica)
         replica.extra = tuple(extra)
         self._spawn(replica)
-        self._wait(replica)
+        self._wait(replica, may_move=False)  # a restart keeps its address

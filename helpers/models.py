@@ -7,7 +7,9 @@ importing it registers each kind with ``helpers.repository``:
   forest (the repository's skops platform);
 - the wafer-map defect CNN (``helpers.wafermaps``);
 - the engineer-note embedder (``helpers.embedder``);
-- the tool-log language model (``helpers.gpt``), a small GPT that lesson 05 serves.
+- the tool-log language model (``helpers.gpt``), a small GPT that lesson 05 serves;
+- any ONNX graph, run by ONNX Runtime (``helpers.onnx_models``): lesson 08's compressed
+  CNN.
 
 The repository's API is re-exported, so ``models.load_model("wafer-cnn")`` loads any
 of them. How models are stored, and what loading trusts: ``helpers.repository``.
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from . import data as wafer_data
-from . import embedder, gpt, wafermaps  # noqa: F401  (importing them registers their kinds)
+from . import embedder, gpt, onnx_models, wafermaps  # noqa: F401  (importing registers kinds)
 from .embedder import write_embedder_entry
 from .repository import (
     SKLEARN_PLATFORM,

@@ -7,7 +7,8 @@
 Every model is trained on the course's synthetic data, on this machine, with a
 fixed seed: ``wafer-forest`` v1, ``wafer-mlp`` v1 and v2 (for A/B experiments),
 ``wafer-cnn`` v1, and ``tool-log-lm`` v1 (the small GPT of lesson 05, a few minutes on two
-cores); ``note-embedder`` v1 is recorded from its installed package.
+cores); ``note-embedder`` v1 is recorded from its installed package. The CNN and the
+embedder are then exported to ONNX into ``data/onnx/`` (lesson 08 compresses them).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .repository import (
 )
 
 __all__ = ["train_forest", "train_mlp", "train_wafer_models", "ensure_wafer_models",
-           "ensure_tool_log_lm", "main"]
+           "ensure_tool_log_lm", "ensure_onnx_exports", "main"]
 
 WAFER_MODELS = ("note-embedder", "wafer-forest", "wafer-mlp", "wafer-cnn")
 
@@ -183,6 +184,14 @@ def ensure_tool_log_lm(repository: str | Path | None = None) -> dict[str, Path]:
     return train_wafer_models(repository, names=("tool-log-lm",))
 
 
+def ensure_onnx_exports(repository: str | Path | None = None) -> dict[str, Path]:
+    """The ONNX exports of lesson 08, made only if missing (the wafer models first)."""
+    from .onnx_models import export_course_models
+
+    ensure_wafer_models(repository)
+    return export_course_models(repository)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helpers.training",
                                      description="Train the course models into the repository.")
@@ -200,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     for label, folder in trained.items():
         config = json.loads((folder / CONFIG_FILE).read_text())
         print(f"{label}: {folder}  {config['training']}")
+    from .onnx_models import export_course_models
+
+    for name, path in export_course_models(args.repository, force=args.force,
+                                           progress=lambda line: print(line, flush=True)).items():
+        print(f"{name} as ONNX: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"the model repository is ready ({time.perf_counter() - start:.0f} s)")
 
 

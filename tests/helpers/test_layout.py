@@ -3,8 +3,8 @@
 Layers, bottom to top: foundations (settings, device, data, metrics, memory) ->
 the repository -> model kinds -> the engine -> HTTP. Tools (serving, replicas, balancer,
 autoscaler, traces, scaling_loop, manifests, ray_serving, loadgen, plots, grading) drive
-servers from outside. Imports inside functions count: a lazy import upward is still an
-import upward.
+servers from outside; edge_measure times models from outside. Imports inside functions
+count: a lazy import upward is still an import upward.
 """
 
 import ast
@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "helpers"
 
 FOUNDATIONS = {"settings", "device", "data", "metrics", "memory", "toollogs"}
 REPOSITORY = {"repository"}
-MODEL_KINDS = {"models", "wafermaps", "embedder", "training", "gpt", "kv_cache"}
+MODEL_KINDS = {"models", "wafermaps", "embedder", "training", "gpt", "kv_cache", "onnx_models",
+               "compression", "distillation"}
 ENGINE = {"batching", "bucketing", "cache", "registry", "routing", "jobs", "inference",
           "scheduling", "generation", "generation_service", "shared_cache", "protocol"}
 HTTP = {"server", "http_guards"} | {f"routes.{p.stem}" for p in (PACKAGE / "routes").glob("*.py")
@@ -70,7 +71,7 @@ def layer_of(name: str) -> int | None:
 
 def test_every_module_has_a_place():
     tools = {"serving", "loadgen", "plots", "grading", "balancer", "replicas", "autoscaler",
-             "traces", "scaling_loop", "manifests", "ray_serving", ""}
+             "traces", "scaling_loop", "manifests", "ray_serving", "edge_measure", ""}
     unplaced = [m for m in GRAPH if layer_of(m) is None and m not in tools]
     assert not unplaced, f"place these modules in a layer of test_layout.py: {unplaced}"
 

@@ -307,13 +307,19 @@ def train_tool_log_lm(steps: int = 1000, batch_size: int = 16, seed: int = 0, lr
         optimizer, lambda s: min(1.0, (s + 1) / warmup) *
         (0.1 + 0.45 * (1 + np.cos(np.pi * min(s, steps) / steps))))
     sampler = torch.Generator().manual_seed(seed)
+    # bf16 matrix products where the CPU has them natively (AVX512-BF16, AMX): about 1.4x
+    # faster steps on two cores; the weights and the optimizer stay float32.
+    fast_bf16 = bool(torch.backends.mkldnn.is_available()
+                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     start, loss = time.perf_counter(), torch.tensor(float("nan"))
     model.train()
     for step in range(steps):
         at = torch.randint(0, len(stream) - context - 1, (batch_size,), generator=sampler)
         window = torch.stack([stream[a:a + context + 1] for a in at.tolist()])
-        logits = model(window[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16):
+            logits = model(window[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                               window[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -323,6 +329,7 @@ def train_tool_log_lm(steps: int = 1000, batch_size: int = 16, seed: int = 0, lr
             progress(step + 1, loss.item())
     model.eval()
     return model, {"data": "helpers.toollogs.make_tool_logs", "logs": n_logs, "steps": steps,
+                   "bf16_autocast": fast_bf16,
                    "batch_size": batch_size, "seed": seed, "final_loss": round(loss.item(), 4),
                    "train_seconds": round(time.perf_counter() - start, 1)}
 

@@ -55,7 +55,7 @@ redis:  ## install redis-server where this can (else lessons use fakeredis's ser
 scale: $(STAMP)  ## install the optional Ray Serve extra (lesson 07's "past one machine" cell)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[scale]"
 
-data: $(STAMP)  ## train the course models into data/models (skips what exists)
+data: $(STAMP)  ## train the course models into data/models, export ONNX to data/onnx (skips what exists)
 	$(BIN)/python -m helpers.training
 
 lab: setup  ## start JupyterLab on the course (PORT=8888 by default)
@@ -99,6 +99,6 @@ grades: $(STAMP)  ## export every grade to assessments/grades.csv
 	$(BIN)/python assessments/course_pipeline.py grades
 
 clean:  ## remove generated data, grading state and lesson scratch files (keeps .venv)
-	rm -rf data/models assessments/gradebook.db assessments/submitted assessments/autograded \
+	rm -rf data/models data/onnx assessments/gradebook.db assessments/submitted assessments/autograded \
 		assessments/feedback assessments/grades.csv assessments/exchange
 	find . -name scratch -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -21,6 +21,7 @@ Knowledge distillation, the fourth technique, trains a new small network:
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,8 +58,15 @@ def quantize_dynamic_onnx(src: str | Path, dst: str | Path, exclude: Iterable[st
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # No pre-processing here: it renames nodes, and ``exclude`` names the exported ones.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     nodes_to_exclude=list(exclude))
+    # ONNX Runtime then logs a reminder to pre-process on the root logger: hush it.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                         per_channel=per_channel, nodes_to_exclude=list(exclude))
+    finally:
+        root.setLevel(level)
     return Path(dst)
 
 

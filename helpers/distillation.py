@@ -78,4 +78,4 @@ def train_student(student: nn.Module, teacher: nn.Module, maps: np.ndarray, labe
         if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
             break
     return student.eval(), {"epochs": done, "seconds": round(time.perf_counter() - start, 2),
-                            "final_loss": round(float(loss), 4)}
+                            "final_loss": round(loss.item(), 4)}

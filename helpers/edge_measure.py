@@ -37,13 +37,13 @@ __all__ = ["Candidate", "file_size", "module_size", "interleaved_latency_ms", "a
 class Candidate:
     """One way to run the model: its name, how it predicts a batch, and what it ships.
 
-    ``size`` is ``(bytes, zipped bytes)``: from ``file_size(path)`` for an ONNX file,
-    ``module_size(module)`` for a torch module.
+    ``size`` is ``(bytes, zipped bytes or None)``: from ``file_size(path)`` for an ONNX
+    file, ``module_size(module)`` for a torch module.
     """
 
     name: str
     predict: Callable[[Any], Any]
-    size: tuple[int, int]
+    size: tuple[int, int | None]
     note: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -52,9 +52,10 @@ def _zipped(data: bytes) -> int:
     return len(zlib.compress(data, 9))
 
 
-def file_size(path: str | Path) -> tuple[int, int]:
+def file_size(path: str | Path, zipped: bool = True) -> tuple[int, int | None]:
+    """``(bytes, zipped bytes)``; ``zipped=False`` skips the zipping (seconds for 90 MB)."""
     data = Path(path).read_bytes()
-    return len(data), _zipped(data)
+    return len(data), _zipped(data) if zipped else None
 
 
 def module_size(module) -> tuple[int, int]:
@@ -148,9 +149,10 @@ def measure(candidates: list[Candidate], batch_1: Any, batch_32: Any,
     ms = interleaved_latency_ms(calls, rounds, seconds_per_round)
     rows = []
     for c in candidates:
-        rows.append({"technique": c.name, "size_kb": c.size[0] / 1000,
-                     "zipped_kb": c.size[1] / 1000, "ms_b1": ms[c.name, 1],
-                     "ms_b32": ms[c.name, 32], **quality(c), "note": c.note})
+        zipped = c.size[1] / 1000 if c.size[1] is not None else float("nan")
+        rows.append({"technique": c.name, "size_kb": c.size[0] / 1000, "zipped_kb": zipped,
+                     "ms_b1": ms[c.name, 1], "ms_b32": ms[c.name, 32], **quality(c),
+                     "note": c.note})
     table = pd.DataFrame(rows).set_index("technique")
     base = table.iloc[0]
     table.insert(2, "size_ratio", table.size_kb / base.size_kb)

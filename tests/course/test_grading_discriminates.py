@@ -70,6 +70,14 @@ SCENARIOS = {
     ("07_autoscaling", "day"): ("cell-day-solution", [
         "cell-002", "cell-004", "cell-012", "cell-day-solution", "cell-day-run",
         "cell-day-tests"]),
+    ("08_edge_compression", "recipe"): ("cell-recipe-solution", [
+        "cell-002", "cell-recipe-solution", "cell-recipe-tests", "cell-recipe-run",
+        "cell-recipe-run-tests"]),
+    ("08_edge_compression", "kd"): ("cell-kd-solution", [
+        "cell-002", "cell-kd-solution", "cell-kd-tests", "cell-kd-run", "cell-kd-run-tests"]),
+    ("08_edge_compression", "layers"): ("cell-layers-solution", [
+        "cell-002", "cell-009", "cell-layers-solution", "cell-layers-tests", "cell-layers-run",
+        "cell-layers-run-tests"]),
 }
 # (lesson, exercise, answer file) -> the graded test cells it must fail; [] means full marks
 EXPECTED = {
@@ -192,6 +200,26 @@ EXPECTED = {
     ("07_autoscaling", "day", "day_always_max"): ["07_autoscaling-day-tests"],
     ("07_autoscaling", "day", "day_never_down"): ["07_autoscaling-day-tests"],
     ("07_autoscaling", "day", "day_hot_no_panic"): ["07_autoscaling-day-tests"],
+    ("08_edge_compression", "recipe", "recipe_other_style"): [],
+    # Each fits two limits of the budget and breaks the third: size, latency, accuracy.
+    ("08_edge_compression", "recipe", "recipe_fp32_copy"): ["08_edge_compression-recipe-run-tests"],
+    ("08_edge_compression", "recipe", "recipe_dynamic_int8"): [
+        "08_edge_compression-recipe-run-tests"],
+    ("08_edge_compression", "recipe", "recipe_healthy_calibration"): [
+        "08_edge_compression-recipe-run-tests"],
+    ("08_edge_compression", "recipe", "recipe_one_map"): ["08_edge_compression-recipe-run-tests"],
+    ("08_edge_compression", "kd", "kd_other_style"): [],
+    # A wrong loss still trains a student (its label term is right): the unit tests tell.
+    ("08_edge_compression", "kd", "kd_no_t_squared"): ["08_edge_compression-kd-tests"],
+    ("08_edge_compression", "kd", "kd_swapped_kl"): ["08_edge_compression-kd-tests"],
+    ("08_edge_compression", "kd", "kd_teacher_not_softened"): ["08_edge_compression-kd-tests"],
+    ("08_edge_compression", "layers", "layers_other_style"): [],
+    ("08_edge_compression", "layers", "layers_none"): ["08_edge_compression-layers-run-tests"],
+    ("08_edge_compression", "layers", "layers_attention_query"): [
+        "08_edge_compression-layers-run-tests"],
+    ("08_edge_compression", "layers", "layers_last_layer"): [
+        "08_edge_compression-layers-run-tests"],
+    ("08_edge_compression", "layers", "layers_everything"): ["08_edge_compression-layers-tests"],
 }
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,2 @@
+def my_fp32_layers(matmuls):
+    return list(matmuls)  # no damage at all

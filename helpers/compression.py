@@ -33,12 +33,38 @@ from torch import nn
 from .device import quiet_torchao_logs
 from .wafermaps import WaferMapCNN
 
-__all__ = ["quantize_dynamic_onnx", "quantize_static_onnx", "TORCHAO_CONFIGS",
+__all__ = ["int8_weight_format", "quantize_dynamic_onnx", "quantize_static_onnx", "TORCHAO_CONFIGS",
            "quantize_torchao", "prune_unstructured", "sparsity", "prune_channels",
            "fine_tune"]
 
 
 # -- ONNX Runtime: int8 ------------------------------------------------------------------
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_weight_format() -> tuple[str, str]:
+    """``("int8" | "uint8", why)``: the weight type that is exact on this CPU.
+
+    On x86 without VNNI (AVX2, AVX-512 without VNNI), ONNX Runtime multiplies uint8
+    activations by int8 weights with VPMADDUBSW, which adds pairs of products into 16 bits
+    and saturates: large activations lose accuracy. ONNX Runtime's documentation advises
+    uint8 weights there (its U8U8 kernels widen to 16 bits first: exact, but slower). VNNI's
+    dot product accumulates in 32 bits, and ARM's kernels do not saturate: int8 weights.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return "int8", f"{platform.machine()} CPU: int8 weights"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:  # not Linux: no flags to read; assume a CPU with VNNI
+        return "int8", "CPU flags unknown: int8 weights"
+    if flags & set(_VNNI_FLAGS):
+        return "int8", "x86 with VNNI: int8 weights, 32-bit int8 dot products"
+    return "uint8", ("x86 without VNNI: uint8 weights, since int8 weights would go through "
+                     "VPMADDUBSW, whose 16-bit sums saturate")
+
+
 def _preprocessed(src: Path, workdir: Path) -> Path:
     """Shape inference and graph clean-up, what ONNX Runtime asks for before quantizing."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -48,23 +74,56 @@ def _preprocessed(src: Path, workdir: Path) -> Path:
     return out
 
 
+def _weight_quant_type(weight_type: str):
+    from onnxruntime.quantization import QuantType
+
+    weight_type = int8_weight_format()[0] if weight_type == "auto" else weight_type
+    if weight_type not in ("int8", "uint8"):
+        raise ValueError(f"weight_type is 'int8', 'uint8' or 'auto', got {weight_type!r}")
+    return QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8
+
+
+def _refuse_unknown_nodes(graph_path: Path, names: Iterable[str]) -> list[str]:
+    """``names`` as a list, after checking that each one is a node of the graph.
+
+    ONNX Runtime silently ignores a name it does not find, which would quantize a node
+    the caller meant to keep in float32: a typo, or a name from another graph.
+    """
+    import onnx
+
+    names = list(names)
+    nodes = {node.name for node in onnx.load(str(graph_path), load_external_data=False).graph.node}
+    unknown = [name for name in names if name not in nodes]
+    if unknown:
+        raise ValueError(f"not nodes of {graph_path.name}: {unknown[:5]}"
+                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    return names
+
+
 def quantize_dynamic_onnx(src: str | Path, dst: str | Path, exclude: Iterable[str] = (),
-                          per_channel: bool = False) -> Path:
+                          per_channel: bool = False, op_types: Iterable[str] | None = None,
+                          weight_type: str = "int8") -> Path:
     """int8 weights; activations quantized per call from their observed range.
 
-    ``exclude`` names nodes (``helpers.onnx_models.matmul_nodes`` lists them) that stay
-    in float32; ``per_channel`` gives every output channel its own weight scale.
+    ``exclude`` names nodes (``helpers.onnx_models.matmul_nodes`` lists the MatMuls) that
+    stay in float32; ``per_channel`` gives every output channel its own weight scale.
+    ``op_types`` limits which kinds of node are quantized: by default every kind ONNX
+    Runtime can, which includes ``Gather``, the lookup into an embedding table.
+    ``weight_type``: ``"int8"``, ``"uint8"`` or ``"auto"`` (see ``int8_weight_format``).
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_dynamic
 
     # No pre-processing here: it renames nodes, and ``exclude`` names the exported ones.
-    # ONNX Runtime then logs a reminder to pre-process on the root logger: hush it.
+    exclude = _refuse_unknown_nodes(Path(src), exclude)
+    weight_type = _weight_quant_type(weight_type)
+    # ONNX Runtime logs a reminder to pre-process on the root logger: hush it.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                         per_channel=per_channel, nodes_to_exclude=list(exclude))
+        quantize_dynamic(str(src), str(dst), weight_type=weight_type,
+                         per_channel=per_channel, nodes_to_exclude=exclude,
+                         op_types_to_quantize=list(op_types) if op_types is not None else None)
     finally:
         root.setLevel(level)
     return Path(dst)
@@ -72,12 +131,17 @@ def quantize_dynamic_onnx(src: str | Path, dst: str | Path, exclude: Iterable[st
 
 def quantize_static_onnx(src: str | Path, dst: str | Path, calibration: np.ndarray,
                          input_name: str = "wafer_map", exclude: Iterable[str] = (),
-                         per_channel: bool = False, batch_size: int = 32) -> Path:
-    """int8 weights and activations; activation ranges fixed from ``calibration``.
+                         per_channel: bool = False, batch_size: int = 32,
+                         weight_type: str = "auto") -> Path:
+    """8-bit weights and activations; activation ranges fixed from ``calibration``.
 
     The calibration batches are run through the float graph once and each tensor's
     min/max recorded: inputs that do not look like production traffic give ranges that
     clip real activations (or waste the 256 levels on values that never occur).
+    ``exclude`` names nodes of the graph after ONNX Runtime's pre-processing, which renames
+    some: a name that is not there is refused rather than silently quantized.
+    ``weight_type``: ``"int8"``, ``"uint8"``, or ``"auto"``, what ``int8_weight_format``
+    finds exact on this CPU.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -86,6 +150,7 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, calibration: np.ndarr
         quantize_static,
     )
 
+    weight_type = _weight_quant_type(weight_type)
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if len(calibration) == 0:
         raise ValueError("static quantization needs at least one calibration input")
@@ -99,12 +164,15 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, calibration: np.ndarr
             return next(self._batches, None)
 
     with tempfile.TemporaryDirectory() as workdir:
+        graph = _preprocessed(Path(src), Path(workdir))
+        # Pre-processing renames some nodes: ``exclude`` must name the pre-processed ones.
+        exclude = _refuse_unknown_nodes(graph, exclude)
         # QDQ: quantize/dequantize pairs around each op, which ONNX Runtime fuses into
-        # int8 kernels; activations unsigned (after ReLU they are >= 0), weights signed.
-        quantize_static(str(_preprocessed(Path(src), Path(workdir))), str(dst), Batches(),
+        # 8-bit kernels; activations unsigned (after ReLU they are >= 0).
+        quantize_static(str(graph), str(dst), Batches(),
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=per_channel,
-                        nodes_to_exclude=list(exclude))
+                        weight_type=weight_type,
+                        per_channel=per_channel, nodes_to_exclude=exclude)
     return Path(dst)
 
 

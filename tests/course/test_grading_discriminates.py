@@ -201,13 +201,21 @@ EXPECTED = {
     ("07_autoscaling", "day", "day_never_down"): ["07_autoscaling-day-tests"],
     ("07_autoscaling", "day", "day_hot_no_panic"): ["07_autoscaling-day-tests"],
     ("08_edge_compression", "recipe", "recipe_other_style"): [],
-    # Each fits two limits of the budget and breaks the third: size, latency, accuracy.
+    # Each fits two limits of the budget and breaks the third: size, latency, accuracy (the
+    # last two also lose accuracy when the hidden test calibrates them on another day).
     ("08_edge_compression", "recipe", "recipe_fp32_copy"): ["08_edge_compression-recipe-run-tests"],
     ("08_edge_compression", "recipe", "recipe_dynamic_int8"): [
         "08_edge_compression-recipe-run-tests"],
+    # Calibrated on healthy maps alone: it loses accuracy in the run, and again on the hidden
+    # test's other day.
     ("08_edge_compression", "recipe", "recipe_healthy_calibration"): [
-        "08_edge_compression-recipe-run-tests"],
-    ("08_edge_compression", "recipe", "recipe_one_map"): ["08_edge_compression-recipe-run-tests"],
+        "08_edge_compression-recipe-tests", "08_edge_compression-recipe-run-tests"],
+    ("08_edge_compression", "recipe", "recipe_one_map"): [
+        "08_edge_compression-recipe-tests", "08_edge_compression-recipe-run-tests"],
+    # Fits the budget (the tuning maps cover every pattern), but ignores the pool it is given:
+    # the hidden test's other day, with the notebook's maps all healthy, shows it.
+    ("08_edge_compression", "recipe", "recipe_global_calibration"): [
+        "08_edge_compression-recipe-tests"],
     ("08_edge_compression", "kd", "kd_other_style"): [],
     # A wrong loss still trains a student (its label term is right): the unit tests tell.
     ("08_edge_compression", "kd", "kd_no_t_squared"): ["08_edge_compression-kd-tests"],
@@ -220,6 +228,9 @@ EXPECTED = {
     ("08_edge_compression", "layers", "layers_last_layer"): [
         "08_edge_compression-layers-run-tests"],
     ("08_edge_compression", "layers", "layers_everything"): ["08_edge_compression-layers-tests"],
+    # Search stays good, but the file is far over the note box's 45 %.
+    ("08_edge_compression", "layers", "layers_all_but_queries"): [
+        "08_edge_compression-layers-run-tests"],
 }
 
 pytestmark = pytest.mark.slow

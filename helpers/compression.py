@@ -58,8 +58,8 @@ def int8_weight_format() -> tuple[str, str]:
         return "int8", f"{platform.machine()} CPU: int8 weights"
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:  # not Linux: no flags to read; assume a CPU with VNNI
-        return "int8", "CPU flags unknown: int8 weights"
+    except OSError:  # not Linux: no flags to read; uint8 is exact everywhere, only slower
+        return "uint8", "x86 CPU whose flags this cannot read: uint8 weights, exact on any x86"
     if flags & set(_VNNI_FLAGS):
         return "int8", "x86 with VNNI: int8 weights, 32-bit int8 dot products"
     return "uint8", ("x86 without VNNI: uint8 weights, since int8 weights would go through "
@@ -106,7 +106,8 @@ def _refuse_unknown_nodes(graph_path: Path, names: Iterable[str]) -> list[str]:
     unknown = [name for name in names if name not in nodes]
     if unknown:
         raise ValueError(f"not nodes of {graph_path.name}: {unknown[:5]}"
-                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                         + f"; its nodes include {sorted(nodes)[:5]}")
     return names
 
 

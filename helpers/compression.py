@@ -40,7 +40,7 @@ __all__ = ["int8_weight_format", "quantize_dynamic_onnx", "quantize_static_onnx"
 
 
 # -- ONNX Runtime: int8 ------------------------------------------------------------------
-_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def int8_weight_format() -> tuple[str, str]:
@@ -60,7 +60,7 @@ def int8_weight_format() -> tuple[str, str]:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:  # not Linux: no flags to read; uint8 is exact everywhere, only slower
         return "uint8", "x86 CPU whose flags this cannot read: uint8 weights, exact on any x86"
-    if flags & set(_VNNI_FLAGS):
+    if flags & _VNNI_FLAGS:
         return "int8", "x86 with VNNI: int8 weights, 32-bit int8 dot products"
     return "uint8", ("x86 without VNNI: uint8 weights, since int8 weights would go through "
                      "VPMADDUBSW, whose 16-bit sums saturate")

@@ -287,7 +287,7 @@ def training_tokens(n_logs: int, lines_per_log: int = 40, seed: int = 0) -> torc
     return torch.tensor(stream, dtype=torch.long)
 
 
-def train_tool_log_lm(steps: int = 1000, batch_size: int = 16, seed: int = 0, lr: float = 3e-3,
+def train_tool_log_lm(steps: int = 300, batch_size: int = 16, seed: int = 0, lr: float = 5e-3,
                       n_logs: int = 600, progress=None) -> tuple[ToolLogGPT, dict]:
     """Train on random context-long windows of synthesised logs (deterministic in ``seed``).
 

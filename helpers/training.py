@@ -6,7 +6,7 @@
 
 Every model is trained on the course's synthetic data, on this machine, with a
 fixed seed: ``wafer-forest`` v1, ``wafer-mlp`` v1 and v2 (for A/B experiments),
-``wafer-cnn`` v1, and ``tool-log-lm`` v1 (the small GPT of lesson 05, a few minutes on two
+``wafer-cnn`` v1, and ``tool-log-lm`` v1 (the small GPT of lesson 05, about two minutes on two
 cores); ``note-embedder`` v1 is recorded from its installed package. The CNN and the
 embedder are then exported to ONNX into ``data/onnx/`` (lesson 08 compresses them).
 """

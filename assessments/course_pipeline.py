@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,11 +34,18 @@ def lessons(course: Path = COURSE_ROOT) -> list[str]:
     return sorted(p.name for p in (course / "assessments" / "source").iterdir() if p.is_dir())
 
 
+# nbgrader treats an assignment id as a glob: "*" does every lesson in one process, where
+# one process per lesson would spend about 4 s each just starting nbgrader.
+EVERY_LESSON = "*"
+
+
 def nbgrader(course: Path, *args: str, timeout: float = 1800) -> str:
     """Run an nbgrader command in ``course``/assessments; raise with its output if it fails."""
+    # nbgrader creates a gradebook by running `alembic`, which lives beside this Python.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     proc = subprocess.run(
         [sys.executable, "-m", "nbgrader", *args], cwd=course / "assessments",
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, "PATH": path},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n"
@@ -47,7 +55,8 @@ def nbgrader(course: Path, *args: str, timeout: float = 1800) -> str:
 
 def generate(course: Path = COURSE_ROOT, names: list[str] | None = None) -> None:
     """Write notebooks/<lesson>/ and solutions/<lesson>/ from assessments/source/<lesson>/."""
-    for name in names or lessons(course):
+    every = not names or set(names) == set(lessons(course))
+    for name in [EVERY_LESSON] if every else names:
         nbgrader(course, "generate_assignment", name, "--force")
         nbgrader(course, "generate_solution", name, "--force")
 
@@ -98,8 +107,9 @@ def lessons_with(course: Path, folder: str) -> list[str]:
             if any(root.glob(f"*/{lesson}/{lesson}.ipynb"))]
 
 
-def register(course: Path, lesson: str) -> None:
-    """Put ``lesson`` in the gradebook (creating it), without touching ``notebooks/``.
+def register(course: Path, lesson: str = EVERY_LESSON) -> None:
+    """Put ``lesson`` (by default every lesson) in the gradebook, creating it, without
+    touching ``notebooks/``: what an instructor's gradebook holds once the lessons are out.
 
     nbgrader learns a lesson's graded cells when it generates the release, so this
     generates one into a scratch folder.
@@ -112,23 +122,28 @@ def register(course: Path, lesson: str) -> None:
 
 
 def autograde_submitted(course: Path = COURSE_ROOT, log=print) -> list[str]:
-    """Autograde every lesson with submissions; the ones without are skipped, and said so."""
+    """Autograde every lesson with submissions; the ones without are skipped, and said so.
+
+    One nbgrader process grades every submission, one lesson after another.
+    """
     submitted = lessons_with(course, "submitted")
     for lesson in lessons(course):
         if lesson not in submitted:
             log(f"{lesson}: no submissions under assessments/submitted/*/{lesson}/, skipped")
-            continue
-        register(course, lesson)
-        autograde(course, lesson)
-        log(f"{lesson}: autograded")
+    if submitted:
+        register(course)
+        autograde(course, EVERY_LESSON)
+        for lesson in submitted:
+            log(f"{lesson}: autograded")
     return submitted
 
 
 def feedback_autograded(course: Path = COURSE_ROOT, log=print) -> list[str]:
     """HTML feedback for every autograded lesson, into ``assessments/feedback/``."""
     graded = lessons_with(course, "autograded")
+    if graded:
+        nbgrader(course, "generate_feedback", EVERY_LESSON, "--force")
     for lesson in graded:
-        nbgrader(course, "generate_feedback", lesson, "--force")
         log(f"{lesson}: feedback in assessments/feedback/*/{lesson}/")
     if not graded:
         log("nothing is autograded yet: run make autograde first")

@@ -73,11 +73,12 @@ bench: setup  ## measure batching, server overhead, KV cache, continuous batchin
 lint: $(STAMP)  ## ruff over the package and the tests
 	$(BIN)/ruff check helpers tests benchmarks nbgrader_config.py assessments/*.py
 
-# Each lesson runs twice in `make test`, both in the autograde round trip
+# Each lesson runs once in full in `make test`, in the autograde round trip
 # (tests/course/test_pipeline.py): the source, whose run also proves every solution cell
-# runs, and the untouched release. nbval runs the solutions on their own in test-full.
+# runs. The grading corpus runs each exercise's set-up once more, with its answers (the
+# release's untouched one among them). nbval runs the solutions on their own in test-full.
 # The helpers' tests assert behaviour, never timings, so they run on two workers; the
-# lessons measure, so they run alone.
+# lessons measure, so at most two notebooks run at once (the round trip beside the corpus).
 test: setup lint  ## every check: unit tests, every lesson executed and autograded, grading
 	COURSE_PROFILE=quick $(BIN)/python -m pytest tests/helpers -n 2 -p no:cacheprovider
 	COURSE_PROFILE=quick $(BIN)/python -m pytest tests/course -p no:cacheprovider

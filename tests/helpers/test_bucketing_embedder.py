@@ -127,6 +127,15 @@ def test_token_lists_of_equal_length_are_still_one_note_each(embedder):
         np.testing.assert_allclose(embedder.predict(rows), expected, atol=1e-6)
 
 
+def test_the_tokenizer_alone_splits_notes_as_the_embedder_does(embedder):
+    from helpers.embedder import note_tokenizer
+
+    tokenizer = note_tokenizer()
+    notes = data.make_engineer_notes(20, seed=4)
+    assert tokenizer(notes)["input_ids"] == embedder.token_ids(notes)
+    assert tokenizer.pad_token_id == embedder.tokenizer.pad_token_id == 0
+
+
 def test_the_server_embeds_text_over_v2_with_buckets(tmp_path):
     from helpers.server import ServerSettings, create_app
     from helpers.serving import serve_in_thread

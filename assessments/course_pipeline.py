@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,22 +36,56 @@ def lessons(course: Path = COURSE_ROOT) -> list[str]:
 
 
 # nbgrader treats an assignment id as a glob: "*" does every lesson in one process, where
-# one process per lesson would spend about 4 s each just starting nbgrader.
+# one process per lesson would spend about 4 s each just starting nbgrader. Only commands
+# that execute nothing use it; autograde runs per lesson, each with its own time limit.
 EVERY_LESSON = "*"
+# nbgrader processes still running, so a caller can stop them (the tests, when interrupted).
+RUNNING: set[subprocess.Popen] = set()
+_stopping = threading.Event()
 
 
 def nbgrader(course: Path, *args: str, timeout: float = 1800) -> str:
     """Run an nbgrader command in ``course``/assessments; raise with its output if it fails."""
     # nbgrader creates a gradebook by running `alembic`, which lives beside this Python.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    proc = subprocess.run(
+    if _stopping.is_set():
+        raise RuntimeError("stopped: stop_all() was called")
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.Popen(
         [sys.executable, "-m", "nbgrader", *args], cwd=course / "assessments",
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, "PATH": path},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,  # its kernels in its process group, to stop them together
     )
+    RUNNING.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise
+    finally:
+        RUNNING.discard(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc.stdout + proc.stderr
+                           f"{out[-4000:]}\n{err[-4000:]}")
+    return out + err
+
+
+def stop_all() -> None:
+    """Stop every running nbgrader command, and refuse new ones."""
+    _stopping.set()
+    for proc in list(RUNNING):
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop an nbgrader process and the kernels it started."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
 
 
 def generate(course: Path = COURSE_ROOT, names: list[str] | None = None) -> None:
@@ -97,7 +132,12 @@ def submit(course: Path, student: str, lesson: str, notebook: Path) -> None:
 
 
 def autograde(course: Path, lesson: str) -> str:
-    return nbgrader(course, "autograde", lesson, "--create", "--force")
+    """Grade every submission of ``lesson``: each is executed, so the time limit grows with
+    their number (a full-profile lesson takes a few minutes on two cores)."""
+    submitted = course / "assessments" / "submitted"
+    submissions = len(list(submitted.glob(f"*/{lesson}/{lesson}.ipynb")))
+    return nbgrader(course, "autograde", lesson, "--create", "--force",
+                    timeout=1800 * max(1, submissions))
 
 
 def lessons_with(course: Path, folder: str) -> list[str]:
@@ -124,17 +164,17 @@ def register(course: Path, lesson: str = EVERY_LESSON) -> None:
 def autograde_submitted(course: Path = COURSE_ROOT, log=print) -> list[str]:
     """Autograde every lesson with submissions; the ones without are skipped, and said so.
 
-    One nbgrader process grades every submission, one lesson after another.
+    Every lesson is registered at once; each lesson is then graded on its own.
     """
     submitted = lessons_with(course, "submitted")
+    if submitted:
+        register(course)
     for lesson in lessons(course):
         if lesson not in submitted:
             log(f"{lesson}: no submissions under assessments/submitted/*/{lesson}/, skipped")
-    if submitted:
-        register(course)
-        autograde(course, EVERY_LESSON)
-        for lesson in submitted:
-            log(f"{lesson}: autograded")
+            continue
+        autograde(course, lesson)
+        log(f"{lesson}: autograded")
     return submitted
 
 

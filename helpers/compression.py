@@ -132,9 +132,15 @@ def quantize_dynamic_onnx(src: str | Path, dst: str | Path, exclude: Iterable[st
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=weight_type,
-                         per_channel=per_channel, nodes_to_exclude=exclude,
-                         op_types_to_quantize=list(op_types) if op_types is not None else None)
+        # ONNX Runtime writes its shape-inferred copy beside the graph it is given, as
+        # <name>-inferred.onnx, and deletes it: two quantizations of one graph at once (two
+        # notebooks) would delete each other's. A link in a private folder keeps it private.
+        with tempfile.TemporaryDirectory(prefix="quantize-") as workdir:
+            private = Path(workdir) / Path(src).name
+            private.symlink_to(Path(src).resolve())
+            quantize_dynamic(str(private), str(dst), weight_type=weight_type,
+                             per_channel=per_channel, nodes_to_exclude=exclude,
+                             op_types_to_quantize=list(op_types) if op_types is not None else None)
     finally:
         root.setLevel(level)
     return Path(dst)

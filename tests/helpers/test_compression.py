@@ -1,6 +1,8 @@
 """Lesson 08's helpers: ONNX export and serving, int8 quantization, pruning, distillation,
 and measuring them alike. Small randomly initialised CNNs keep these fast."""
 
+from pathlib import Path
+
 import httpx
 import numpy as np
 import onnx
@@ -129,6 +131,28 @@ def test_dynamic_int8_keeps_excluded_nodes_in_float(tmp_path):
     assert any("Integer" in op or "Quant" in op for op in nodes.values())
     with pytest.raises(ValueError, match=r"not nodes of mlp.onnx: \['head/MatMul'\]"):
         compression.quantize_dynamic_onnx(src, tmp_path / "x.onnx", exclude=[first, "head/MatMul"])
+
+
+def test_dynamic_int8_works_on_a_private_copy_of_its_source(tmp_path, monkeypatch):
+    """ONNX Runtime writes and deletes <source>-inferred.onnx beside the graph it is given:
+    two notebooks quantizing one shared graph at once would delete each other's."""
+    import importlib
+
+    # the module, not the function of the same name the package exports
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    src = export_onnx(mlp, (torch.randn(3, 5, 16),), shared / "mlp.onnx", ["x"], ["y"],
+                      [{0: "batch"}])
+    given, real = [], ort_quantize.load_model_with_shape_infer
+    monkeypatch.setattr(ort_quantize, "load_model_with_shape_infer",
+                        lambda path: given.append(Path(path)) or real(path))
+    dst = compression.quantize_dynamic_onnx(src, tmp_path / "mlp8.onnx")
+    assert given and all(path.parent != shared for path in given)
+    assert sorted(p.name for p in shared.iterdir()) == ["mlp.onnx"]
+    assert ort_session(dst).run(None, {"x": np.zeros((2, 5, 16), np.float32)})[0].shape == (2, 5, 4)
 
 
 def test_op_types_choose_which_kinds_of_node_are_quantized(tmp_path):

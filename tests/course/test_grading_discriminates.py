@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 
 import pytest
+from round_trip import notebook
 
-ROOT = Path(__file__).resolve().parents[2]
 ANSWERS = Path(__file__).resolve().parent / "answers"
 
 # (lesson, exercise) -> (the answer cell, the cells a grade of it needs, in order)
@@ -278,8 +278,7 @@ def _graded_tests(lesson: str, cell_ids: list[str]) -> list[str]:
 
 
 def _notebook(kind: str, lesson: str) -> dict:
-    folder = ROOT / ("assessments/source" if kind == "source" else kind)
-    return json.loads((folder / lesson / f"{lesson}.ipynb").read_text())
+    return json.loads(notebook(kind, lesson).read_text())
 
 
 for (_lesson, _exercise), (_answer, _cells) in SCENARIOS.items():
